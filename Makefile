@@ -1,0 +1,49 @@
+# palette-lens: `make demo` and `make test` install into .venv first when needed.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed-stamp
+OUT    ?= runs/demo
+
+.PHONY: install demo demo-quick test test-fast bench notebooks lab clean-cache
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@# CPU PyTorch where no GPU is present (a plain `torch` requirement would pull a multi-GB CUDA build).
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+		echo "GPU found: installing the default PyTorch build"; $(PIP) install -q torch; \
+	else \
+		$(PIP) install -q torch==2.13.0 || $(PIP) install -q torch --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(PIP) install -q -e '.[dev,notebooks]'
+	@touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/palette-lens demo --out $(OUT)
+	@echo "report: $(OUT)/report.html  metrics: $(OUT)/metrics.json"
+
+demo-quick: install
+	$(VENV)/bin/palette-lens demo --quick --out $(OUT)-quick
+	@echo "report: $(OUT)-quick/report.html  metrics: $(OUT)-quick/metrics.json"
+
+test: install
+	$(PY) -m pytest -q -ra
+
+test-fast: install
+	$(PY) -m pytest -q -ra -m "not integration"
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+notebooks: install
+	$(PY) -m palette_lens.notebook_runner notebooks
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-cache:
+	rm -rf $${PALETTE_LENS_CACHE:-$$HOME/.cache/palette-lens}

@@ -1,0 +1,222 @@
+"""Prompt records, built-in domains, user JSONL loaders and seeded per-domain splits.
+
+Record format (one JSON object per line): ``{"prompt": str, "domain": str, ...}``; extra keys such as
+``source`` or ``id`` are kept. ``harmless`` is the benign domain, ``borderline`` holds risky-sounding but
+legitimate prompts (for over-refusal checks); every other domain is a harmful domain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DataError, UnknownDomainError
+
+HARMLESS = "harmless"
+BORDERLINE = "borderline"
+RESERVED = (HARMLESS, BORDERLINE)
+MIN_PROMPTS_TO_SPLIT = 5
+
+
+def builtin_data_dir() -> Path:
+    """The folder of built-in JSONL files (``$PALETTE_LENS_DATA`` overrides it)."""
+    env = os.environ.get("PALETTE_LENS_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "data"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One prompt: its text, domain and any extra keys from the file."""
+
+    prompt: str
+    domain: str
+    extra: tuple[tuple[str, object], ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "domain": self.domain, **dict(self.extra)}
+
+
+def read_jsonl(path: str | Path) -> list[Record]:
+    """Read records from a JSONL file; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    records: list[Record] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object with 'prompt' and 'domain'")
+            prompt, domain = obj.get("prompt"), obj.get("domain")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise DataError(f"{path}:{lineno}: 'prompt' must be a non-empty string")
+            if not isinstance(domain, str) or not domain.strip():
+                raise DataError(f"{path}:{lineno}: 'domain' must be a non-empty string")
+            extra = tuple(sorted((k, v) for k, v in obj.items() if k not in ("prompt", "domain")))
+            records.append(Record(prompt.strip(), domain.strip(), extra))
+    if not records:
+        raise DataError(f"{path}: the file holds no records")
+    return records
+
+
+@dataclass(frozen=True)
+class Split:
+    """Prompts of one domain split into train / validation / test."""
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+
+@dataclass
+class PromptSet:
+    """Prompts grouped by domain, with seeded splits.
+
+    Attributes:
+        by_domain: domain -> list of records (file order).
+        seed: seed of the splits.
+        train_frac: fraction for train (the paper's 20%); validation is carved from train.
+        val_frac_of_train: share of train kept for validation.
+    """
+
+    by_domain: dict[str, list[Record]]
+    seed: int = 0
+    train_frac: float = 0.2
+    val_frac_of_train: float = 0.3
+    _splits: dict[str, Split] = field(default_factory=dict, repr=False)
+
+    # ---- domains
+    @property
+    def domains(self) -> list[str]:
+        """All domains, harmful first (sorted), then harmless and borderline when present."""
+        harmful = sorted(d for d in self.by_domain if d not in RESERVED)
+        return harmful + [d for d in RESERVED if d in self.by_domain]
+
+    @property
+    def harmful_domains(self) -> list[str]:
+        return [d for d in self.domains if d not in RESERVED]
+
+    def check_domain(self, domain: str) -> str:
+        """Return ``domain`` or raise :class:`UnknownDomainError` listing the known ones."""
+        if domain not in self.by_domain:
+            raise UnknownDomainError(f"unknown domain {domain!r}; known domains: {', '.join(self.domains)}")
+        return domain
+
+    def prompts(self, domain: str) -> list[str]:
+        return [r.prompt for r in self.by_domain[self.check_domain(domain)]]
+
+    # ---- splits
+    def split(self, domain: str) -> Split:
+        """The seeded split of ``domain`` (at least one prompt in each part)."""
+        self.check_domain(domain)
+        if domain not in self._splits:
+            self._splits[domain] = split_prompts(
+                self.prompts(domain), self.seed, self.train_frac, self.val_frac_of_train, domain
+            )
+        return self._splits[domain]
+
+    def part(self, domain: str, part: str, limit: int | None = None) -> list[str]:
+        """Prompts of ``domain`` in ``part`` ("train", "val", "test"), optionally the first ``limit``."""
+        prompts = list(getattr(self.split(domain), part))
+        return prompts[:limit] if limit is not None else prompts
+
+    def data_hash(self, domains: Iterable[str] | None = None) -> str:
+        """A short hash of the records of ``domains`` (default all) and the split settings."""
+        digest = hashlib.sha256(json.dumps([self.seed, self.train_frac, self.val_frac_of_train]).encode())
+        for d in sorted(domains if domains is not None else self.by_domain):
+            for r in self.by_domain[self.check_domain(d)]:
+                digest.update(f"{d}\x00{r.prompt}\x00".encode())
+        return digest.hexdigest()[:16]
+
+    def counts(self) -> dict[str, int]:
+        return {d: len(self.by_domain[d]) for d in self.domains}
+
+
+def split_prompts(
+    prompts: Sequence[str], seed: int = 0, train_frac: float = 0.2, val_frac_of_train: float = 0.3, domain: str = "?"
+) -> Split:
+    """Deterministic split: shuffle with ``seed`` (and the domain name), take train, carve validation."""
+    if len(prompts) < MIN_PROMPTS_TO_SPLIT:
+        raise DataError(
+            f"domain {domain!r} has {len(prompts)} prompts; at least {MIN_PROMPTS_TO_SPLIT} are needed to split "
+            f"it into train, validation and test"
+        )
+    order = list(prompts)
+    random.Random(f"{seed}:{domain}").shuffle(order)
+    n_train = max(2, round(len(order) * train_frac))
+    n_train = min(n_train, len(order) - 1)
+    n_val = min(max(1, round(n_train * val_frac_of_train)), n_train - 1)
+    train = order[: n_train - n_val]
+    val = order[n_train - n_val : n_train]
+    test = order[n_train:]
+    return Split(tuple(train), tuple(val), tuple(test))
+
+
+def builtin_files() -> list[Path]:
+    folder = builtin_data_dir()
+    files = sorted(folder.glob("*.jsonl"))
+    if not files:
+        raise DataError(f"no built-in data files in {folder}")
+    return files
+
+
+def load_prompts(
+    files: Sequence[str | Path] = (),
+    replace: bool = False,
+    domains: Sequence[str] | None = None,
+    seed: int = 0,
+    train_frac: float = 0.2,
+) -> PromptSet:
+    """Load built-in prompts and user files.
+
+    Args:
+        files: user JSONL files. A domain present in a user file replaces the built-in domain of that
+            name (user data is never mixed with built-in prompts of the same domain).
+        replace: use only the user files for harmful domains; built-in ``harmless`` / ``borderline`` are
+            still used unless the files bring their own.
+        domains: keep only these domains (plus harmless / borderline); unknown names raise.
+        seed, train_frac: split settings.
+    """
+    builtin: dict[str, list[Record]] = {}
+    for path in builtin_files():
+        for r in read_jsonl(path):
+            builtin.setdefault(r.domain, []).append(r)
+    user: dict[str, list[Record]] = {}
+    for path in files:
+        for r in read_jsonl(path):
+            user.setdefault(r.domain, []).append(r)
+    if replace:
+        merged = {d: v for d, v in builtin.items() if d in RESERVED}
+    else:
+        merged = dict(builtin)
+    merged.update(user)
+    merged = {d: _dedupe(v) for d, v in merged.items()}
+    ps = PromptSet(merged, seed=seed, train_frac=train_frac)
+    if domains is not None:
+        for d in domains:
+            ps.check_domain(d)
+        keep = set(domains) | set(RESERVED)
+        ps = PromptSet({d: v for d, v in merged.items() if d in keep}, seed=seed, train_frac=train_frac)
+    if HARMLESS not in ps.by_domain:
+        raise DataError("no 'harmless' prompts found: built-in data missing and none in the given files")
+    return ps
+
+
+def _dedupe(records: list[Record]) -> list[Record]:
+    seen: set[str] = set()
+    out = []
+    for r in records:
+        if r.prompt not in seen:
+            seen.add(r.prompt)
+            out.append(r)
+    return out

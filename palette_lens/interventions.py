@@ -1,0 +1,73 @@
+"""Interventions on the residual stream as TransformerLens hooks, applied by scoped context managers.
+
+The hooks act on every position they see, so they work during batched generation with the KV cache
+(where each step feeds one new token). The context managers remove them on exit, also on exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from .models import ChatModel, Hook
+
+
+def ablation_hook(direction: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """A hook ``h ← h − (h·r̂) r̂`` for a [d_model] direction (normalised here)."""
+    unit = direction.to(torch.float32)
+    unit = unit / unit.norm().clamp_min(1e-12)
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def hook(act: torch.Tensor, hook=None) -> torch.Tensor:  # noqa: ARG001 - TransformerLens signature
+        key = (act.device, act.dtype)
+        if key not in cache:
+            cache[key] = unit.to(device=act.device, dtype=act.dtype)
+        r = cache[key]
+        return act - (act @ r).unsqueeze(-1) * r
+
+    return hook
+
+
+def addition_hook(direction: torch.Tensor, coeff: float = 1.0) -> Callable[..., torch.Tensor]:
+    """A hook ``h ← h + coeff · r`` (r as given, not normalised)."""
+    vec = direction.to(torch.float32) * coeff
+
+    def hook(act: torch.Tensor, hook=None) -> torch.Tensor:  # noqa: ARG001
+        return act + vec.to(device=act.device, dtype=act.dtype)
+
+    return hook
+
+
+def ablation_hooks(model: ChatModel, direction: torch.Tensor, layers: Sequence[int] | None = None) -> list[Hook]:
+    """Hooks ablating ``direction`` from ``resid_pre`` of ``layers`` (default: every layer).
+
+    Ablating at every ``resid_pre`` plus the final residual (the last block's output) removes the
+    direction from every block's input and from the unembedding input, as in Arditi et al.
+    """
+    fn = ablation_hook(direction)
+    layers = list(range(model.n_layers)) if layers is None else list(layers)
+    hooks = [(model.resid_pre_hook(l), fn) for l in layers]
+    if layers and max(layers) == model.n_layers - 1:
+        hooks.append((f"blocks.{model.n_layers - 1}.hook_out", fn))
+    return hooks
+
+
+def addition_hooks(model: ChatModel, direction: torch.Tensor, layer: int, coeff: float = 1.0) -> list[Hook]:
+    """Hooks adding ``coeff · direction`` to ``resid_pre`` of one ``layer``."""
+    return [(model.resid_pre_hook(layer), addition_hook(direction, coeff))]
+
+
+@contextmanager
+def ablate(model: ChatModel, direction: torch.Tensor, layers: Sequence[int] | None = None) -> Iterator[None]:
+    """Context manager: directional ablation at every layer (or ``layers``) while inside the block."""
+    with model.hooks(ablation_hooks(model, direction, layers)):
+        yield
+
+
+@contextmanager
+def add(model: ChatModel, direction: torch.Tensor, layer: int, coeff: float = 1.0) -> Iterator[None]:
+    """Context manager: activation addition at one layer while inside the block."""
+    with model.hooks(addition_hooks(model, direction, layer, coeff)):
+        yield
