@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
 		echo "GPU found: installing the default PyTorch build"; $(PIP) install -q torch; \
 	else \
-		$(PIP) install -q torch==2.13.0 || $(PIP) install -q torch --index-url https://download.pytorch.org/whl/cpu; \
+		$(PIP) install -q torch==2.13.0; \
 	fi
 	$(PIP) install -q -e '.[dev,notebooks]'
 	@touch $(STAMP)

@@ -1,0 +1,61 @@
+"""Command line: ``palette-lens <command> ...``; each command lives in ``palette_lens.commands.<name>``.
+
+Errors the user can fix (:class:`palette_lens.errors.PaletteError`) are printed as one line with a
+non-zero exit code, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import PaletteError
+
+# command name -> (module in palette_lens.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "baseline": ("baseline", "refusal rates of the unmodified model per domain (test split)"),
+    "search": ("search", "multi-objective refusal-direction search for one target domain"),
+    "bake": ("bake", "bake a chosen direction into a single-block LoRA adapter"),
+    "compose": ("compose", "compose domain adapters into an authorization profile"),
+    "evaluate": ("evaluate", "evaluate adapters / profiles and baselines"),
+    "run": ("run", "the whole pipeline for chosen target domains and user data"),
+    "demo": ("demo", "the whole pipeline on the built-in data, with report.html and metrics.json"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="palette-lens", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"palette_lens.commands.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"palette_lens.commands.{module_name}":
+                continue  # command not available in this build
+            raise
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args._run(args) or 0)
+    except PaletteError as exc:
+        print(f"palette-lens: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("palette-lens: interrupted (outputs written so far are complete files)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

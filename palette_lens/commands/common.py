@@ -1,0 +1,32 @@
+"""Arguments and helpers shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--device``, ``--dtype``, ``--device-map``."""
+    parser.add_argument("--model", default=None, help="HF id, local HF folder or .gguf file (default: embedded model)")
+    parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0")
+    parser.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16")
+    parser.add_argument("--device-map", default=None, help="accelerate device map, e.g. auto")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--data FILE ...``, ``--replace-data``, ``--seed``."""
+    parser.add_argument("--data", nargs="*", default=[], metavar="FILE.jsonl", help="user prompt files")
+    parser.add_argument("--replace-data", action="store_true", help="use only the given files for harmful domains")
+    parser.add_argument("--seed", type=int, default=0, help="split seed")
+
+
+def load_model_from_args(args: argparse.Namespace):
+    from ..models import load_model
+
+    return load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+
+
+def load_data_from_args(args: argparse.Namespace):
+    from ..data import load_prompts
+
+    return load_prompts(args.data, replace=args.replace_data, seed=args.seed)

@@ -1,0 +1,88 @@
+"""Tiny randomly initialised chat models built offline (for tests, GPU smoke checks and quick demos).
+
+A byte-level BPE tokenizer is trained on a few sentences and given a real chat template (ChatML for the
+Qwen2-style model, the Llama-3 template for the Llama-style model); the model is built from a small
+Hugging Face config with random weights. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAMA3_TEMPLATE = (
+    "{{ '<|begin_of_text|>' }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+_CORPUS = [
+    "How do I write a program that sorts a list of numbers in Python?",
+    "I'm sorry, but I can't assist with that request. As an AI, I cannot help.",
+    "Sure! Here is a recipe for pancakes with flour, eggs and milk.",
+    "Explain how the heart pumps blood through the body, step by step.",
+    "Write a short poem about the sea, the wind and the morning light.",
+    "The capital of France is Paris. Unfortunately, I don't know that.",
+    "user assistant system: malware, virus, network, password, attack, defend.",
+]
+
+
+def tiny_tokenizer(style: str = "qwen2", vocab_size: int = 400) -> Any:
+    """A small byte-level BPE tokenizer with the chat template of ``style`` ("qwen2" or "llama")."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if style == "qwen2":
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        template, eos, pad = CHATML_TEMPLATE, "<|im_end|>", "<|endoftext|>"
+    elif style == "llama":
+        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+        template, eos, pad = LLAMA3_TEMPLATE, "<|eot_id|>", "<|end_of_text|>"
+    else:
+        raise ValueError(f"unknown tiny model style {style!r}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=eos, pad_token=pad, chat_template=template, clean_up_tokenization_spaces=False
+    )
+
+
+def tiny_hf_model(style: str, vocab_size: int, seed: int = 0, n_layers: int = 3, d_model: int = 64) -> Any:
+    """A random Qwen2- or Llama-style causal LM."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
+    if style == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    return model.eval()
+
+
+def tiny_chat_model(style: str = "qwen2", seed: int = 0, n_layers: int = 3, d_model: int = 64):
+    """A tiny :class:`palette_lens.models.ChatModel` of ``style`` ("qwen2" or "llama") with random weights."""
+    from .models import wrap_model
+
+    tokenizer = tiny_tokenizer(style)
+    hf_model = tiny_hf_model(style, len(tokenizer), seed=seed, n_layers=n_layers, d_model=d_model)
+    adapter = "Qwen/Qwen2-0.5B-Instruct" if style == "qwen2" else "meta-llama/Llama-3.2-1B-Instruct"
+    return wrap_model(hf_model, tokenizer, name=f"tiny-{style}", source=f"tiny:{style}:{seed}", adapter_name=adapter)
