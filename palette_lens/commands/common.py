@@ -30,3 +30,11 @@ def load_data_from_args(args: argparse.Namespace):
     from ..data import load_prompts
 
     return load_prompts(args.data, replace=args.replace_data, seed=args.seed)
+
+
+def echo(text: str = "") -> None:
+    """Write a line to standard output (the commands' user-facing output)."""
+    import sys
+
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
