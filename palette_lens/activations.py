@@ -49,6 +49,14 @@ class Residuals:
         return self.vectors.shape[0]
 
 
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the last needed layer has been read."""
+
+
+def _stop_forward(act: torch.Tensor, hook=None) -> torch.Tensor:  # noqa: ARG001
+    raise _StopForward
+
+
 def _cache_key(model: ChatModel, prompts: Sequence[str], layers: Sequence[int], positions: Sequence[int]) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps([model.fingerprint, model.system_prompt, list(layers), list(positions)]).encode())
@@ -108,9 +116,13 @@ def collect_residuals(
             return grab
 
         hooks = [(model.resid_pre_hook(l), grabber(i)) for i, l in enumerate(layers)]
-        model.bridge.run_with_hooks(
-            enc["input_ids"], attention_mask=enc["attention_mask"], fwd_hooks=hooks, stop_at_layer=stop_at
-        )
+        if stop_at < model.n_layers:
+            hooks.append((model.resid_pre_hook(stop_at), _stop_forward))
+        try:
+            with model.hooks(hooks):
+                model.decoder(**enc, use_cache=False)
+        except _StopForward:
+            pass
         chunks.append(out)
     vectors = torch.cat(chunks) if chunks else torch.empty(0, len(layers), len(positions), model.d_model)
     if cache_file is not None:

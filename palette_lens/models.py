@@ -57,6 +57,11 @@ class ChatModel:
         return self.bridge.original_model
 
     @property
+    def decoder(self) -> Any:
+        """The HF decoder stack without the LM head (returns hidden states, not logits)."""
+        return self.hf_model.get_decoder() if hasattr(self.hf_model, "get_decoder") else self.hf_model.model
+
+    @property
     def n_layers(self) -> int:
         return int(self.bridge.cfg.n_layers)
 
@@ -119,7 +124,7 @@ class ChatModel:
         Only the last position is unembedded (the full-vocabulary projection is the costly part).
         """
         out = []
-        base = self.hf_model.get_decoder() if hasattr(self.hf_model, "get_decoder") else self.hf_model.model
+        base = self.decoder
         head = self.hf_model.get_output_embeddings()
         with self.hooks(hooks):
             for batch in self.batches(prompts, batch_size, desc):
