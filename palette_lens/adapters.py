@@ -1,0 +1,385 @@
+"""Baked single-block LoRA adapters: a value with its weight deltas, PEFT-format storage, and application.
+
+A :class:`BakedAdapter` holds LoRA factors for the linear modules of one decoder block, named as in a
+*plain* Hugging Face model (``model.layers.11.self_attn.q_proj``), plus metadata. On disk it is a PEFT
+adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``, loadable with
+``PeftModel.from_pretrained(plain_hf_model, folder)``) with ``palette_meta.json`` (base-model fingerprint,
+layer, position, scale, target mode, data hashes, metrics) and ``direction.safetensors`` (the baked r).
+
+Applying adapters never mutates the caller's model unless asked:
+- :func:`merged_hf_model` returns a new plain HF model with ``W + Σ ΔW`` in the adapted modules;
+- :func:`apply_adapters` wraps that in a new :class:`ChatModel`;
+- :func:`adapters_applied` is a context manager that adds the deltas in place and restores the exact
+  original weights on exit (cheap; TransformerLens hooks keep working).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .block_inputs import plain_tensor
+from .errors import AdapterMismatchError, PaletteError
+from .models import ChatModel, weights_fingerprint
+
+log = logging.getLogger(__name__)
+
+FORMAT = "palette-lens-adapter/1"
+META_FILE = "palette_meta.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+DIRECTION_FILE = "direction.safetensors"
+_PEFT_PREFIX = "base_model.model."
+
+
+@dataclass
+class BakedAdapter:
+    """LoRA factors for the linear modules of one decoder block, with provenance.
+
+    Attributes:
+        layer_index: the decoder block that was trained (``l − 1`` for a direction read at layer ``l``).
+        lora_A: plain HF module name → [rank, in_features].
+        lora_B: plain HF module name → [out_features, rank].
+        rank: LoRA rank r.
+        alpha: LoRA alpha; ΔW = (alpha / r) · B · A.
+        meta: JSON-serialisable metadata (``base_fingerprint``, ``layer``, ``position``, ``domain``,
+            ``scale``, ``target_mode``, ``loss``, ``data_hashes``, ``metrics``, ...).
+        direction: [d_model] the direction r that was baked (raw, not normalised), if known.
+    """
+
+    layer_index: int
+    lora_A: dict[str, torch.Tensor]
+    lora_B: dict[str, torch.Tensor]
+    rank: int = 8
+    alpha: float = 16.0
+    meta: dict = field(default_factory=dict)
+    direction: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ values
+    @property
+    def scaling(self) -> float:
+        return float(self.alpha) / float(self.rank)
+
+    @property
+    def module_names(self) -> list[str]:
+        """Adapted modules (plain HF names), sorted."""
+        return sorted(self.lora_A)
+
+    @property
+    def domain(self) -> str:
+        return str(self.meta.get("domain", ""))
+
+    @property
+    def layer(self) -> int:
+        """Layer l whose ``resid_pre`` the adapter edits (``layer_index + 1``)."""
+        return self.layer_index + 1
+
+    def deltas(self) -> dict[str, torch.Tensor]:
+        """ΔW = (alpha / r) · B · A per module: name → [out_features, in_features] (float32)."""
+        return {
+            n: self.scaling * (self.lora_B[n].float() @ self.lora_A[n].float()) for n in self.module_names
+        }
+
+    def delta_norm(self) -> float:
+        """Frobenius norm of all deltas together (0 for an untrained adapter)."""
+        return float(torch.sqrt(sum((d.pow(2).sum() for d in self.deltas().values()), torch.tensor(0.0))))
+
+    def peft_state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors under PEFT's saved key names (``base_model.model.<name>.lora_A.weight``)."""
+        out = {}
+        for n in self.module_names:
+            out[f"{_PEFT_PREFIX}{n}.lora_A.weight"] = self.lora_A[n].detach().float().contiguous().cpu()
+            out[f"{_PEFT_PREFIX}{n}.lora_B.weight"] = self.lora_B[n].detach().float().contiguous().cpu()
+        return out
+
+    def lora_config(self, base_model_name: str | None = None) -> Any:
+        """The ``peft.LoraConfig`` that ``PeftModel.from_pretrained`` uses to rebuild this adapter."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=0.0,
+            bias="none",
+            target_modules=self.module_names,
+            task_type="CAUSAL_LM",
+            base_model_name_or_path=base_model_name,
+        )
+
+    # ------------------------------------------------------------------ checks
+    def check_base(self, model: ChatModel | Any | str) -> None:
+        """Raise :class:`AdapterMismatchError` when ``model`` is not the base model this adapter was baked on.
+
+        ``model`` may be a :class:`ChatModel`, a plain HF model, or a fingerprint string.
+        """
+        expected = self.meta.get("base_fingerprint", "")
+        if isinstance(model, str):
+            actual, name = model, model
+        elif isinstance(model, ChatModel):
+            actual, name = model.fingerprint, model.name
+        else:
+            actual, name = weights_fingerprint(model), type(model).__name__
+        if expected and actual != expected:
+            raise AdapterMismatchError(
+                f"adapter {self.domain or '?'!r} was baked on base model "
+                f"{self.meta.get('base_model', '?')!r} (fingerprint {expected}), but the model given is "
+                f"{name!r} (fingerprint {actual}); bake the adapter again for this model"
+            )
+        if not isinstance(model, str):
+            self._check_shapes(model.hf_model if isinstance(model, ChatModel) else model)
+
+    def _check_shapes(self, hf_model: Any) -> None:
+        for n in self.module_names:
+            try:
+                w = plain_tensor(hf_model, f"{n}.weight")
+            except (AttributeError, KeyError, IndexError):
+                raise AdapterMismatchError(f"adapter module {n!r} does not exist in the given model") from None
+            want = (self.lora_B[n].shape[0], self.lora_A[n].shape[1])
+            if tuple(w.shape) != want:
+                raise AdapterMismatchError(
+                    f"adapter module {n!r} has shape {want}, the model's weight has {tuple(w.shape)}"
+                )
+
+    # ------------------------------------------------------------------ storage
+    def save(self, folder: str | Path) -> Path:
+        """Write the adapter folder (PEFT files + ``palette_meta.json``) atomically; returns ``folder``."""
+        folder = Path(folder)
+        meta = {
+            **self.meta,
+            "format": FORMAT,
+            "block": self.layer_index,
+            "layer": self.layer,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "modules": self.module_names,
+        }
+        config = self.lora_config(self.meta.get("base_model"))
+        config_dict = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.to_dict().items()}
+
+        def write(tmp: Path) -> None:
+            save_file(self.peft_state_dict(), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+            (tmp / CONFIG_FILE).write_text(json.dumps(config_dict, indent=2, sort_keys=True, default=str))
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=_jsonable))
+            if self.direction is not None:
+                save_file({"vector": self.direction.detach().float().contiguous().cpu()}, str(tmp / DIRECTION_FILE))
+
+        _atomic_folder(folder, write)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, model: ChatModel | Any | str | None = None) -> BakedAdapter:
+        """Load an adapter folder written by :meth:`save` (safetensors only, no pickle).
+
+        Args:
+            folder: the adapter folder.
+            model: when given, check that the adapter was baked on this base model (raises
+                :class:`AdapterMismatchError` otherwise).
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise PaletteError(f"adapter folder not found: {folder}")
+        for name in (META_FILE, WEIGHTS_FILE, CONFIG_FILE):
+            if not (folder / name).is_file():
+                raise PaletteError(f"{folder} is not a palette-lens adapter (missing {name})")
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+            config = json.loads((folder / CONFIG_FILE).read_text())
+            tensors = load_file(str(folder / WEIGHTS_FILE))
+        except Exception as exc:  # noqa: BLE001 - any read failure means a damaged folder
+            raise PaletteError(f"adapter {folder} is corrupt or truncated: {exc}".splitlines()[0]) from None
+        if meta.get("format") != FORMAT:
+            raise PaletteError(f"{folder}: unknown adapter format {meta.get('format')!r} (expected {FORMAT})")
+        lora_a, lora_b = {}, {}
+        for key, t in tensors.items():
+            if not key.startswith(_PEFT_PREFIX):
+                raise PaletteError(f"{folder}: unexpected tensor {key!r}")
+            name, _, kind = key[len(_PEFT_PREFIX) :].rpartition(".lora_")
+            if kind == "A.weight":
+                lora_a[name] = t
+            elif kind == "B.weight":
+                lora_b[name] = t
+            else:
+                raise PaletteError(f"{folder}: unexpected tensor {key!r}")
+        if set(lora_a) != set(lora_b) or not lora_a:
+            raise PaletteError(f"{folder}: LoRA factors A and B do not pair up")
+        direction = None
+        if (folder / DIRECTION_FILE).is_file():
+            direction = load_file(str(folder / DIRECTION_FILE))["vector"]
+        adapter = cls(
+            layer_index=int(meta["block"]),
+            lora_A=lora_a,
+            lora_B=lora_b,
+            rank=int(config.get("r", meta.get("rank", 8))),
+            alpha=float(config.get("lora_alpha", meta.get("alpha", 16.0))),
+            meta={k: v for k, v in meta.items() if k not in ("format", "modules")},
+            direction=direction,
+        )
+        if model is not None:
+            adapter.check_base(model)
+        return adapter
+
+
+def load_adapter(folder: str | Path, model: ChatModel | Any | str | None = None) -> BakedAdapter:
+    """Shorthand for :meth:`BakedAdapter.load` (checks the base model when ``model`` is given)."""
+    return BakedAdapter.load(folder, model)
+
+
+def sum_deltas(adapters: Iterable[BakedAdapter]) -> dict[str, torch.Tensor]:
+    """Exact sum of the adapters' ΔW per module name: name → [out, in] (float32)."""
+    total: dict[str, torch.Tensor] = {}
+    for a in adapters:
+        for n, d in a.deltas().items():
+            total[n] = total[n] + d if n in total else d.clone()
+    return total
+
+
+# ---------------------------------------------------------------------- application
+def plain_hf_model(model: ChatModel, share_weights: bool = True) -> Any:
+    """A new plain Hugging Face model (no bridge wrappers) with the weights of ``model``.
+
+    Args:
+        model: the chat model (not modified).
+        share_weights: reuse the original tensors (no memory cost; do not train the copy in place).
+            ``False`` clones every tensor.
+    """
+    hf = model.hf_model
+    config = hf.config
+    with torch.device("meta"):
+        fresh = type(hf)(config)
+    state = {}
+    for key in fresh.state_dict():
+        t = plain_tensor(hf, key).detach()
+        state[key] = t if share_weights else t.clone()
+    fresh.load_state_dict(state, strict=True, assign=True)
+    _fill_meta_tensors(fresh, hf)
+    if getattr(config, "tie_word_embeddings", False):
+        fresh.tie_weights()
+    fresh.requires_grad_(False)
+    if getattr(hf, "generation_config", None) is not None:
+        fresh.generation_config = hf.generation_config
+    return fresh.eval()
+
+
+def _fill_meta_tensors(fresh: torch.nn.Module, wrapped: torch.nn.Module) -> None:
+    """Copy non-persistent buffers and tensor attributes (e.g. RoPE ``inv_freq``) left on the meta device."""
+    for mod_name, module in fresh.named_modules():
+        for attr, value in list(vars(module).items()) + list(module._buffers.items()):
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                source = plain_tensor(wrapped, f"{mod_name}.{attr}" if mod_name else attr).detach().clone()
+                if attr in module._buffers:
+                    module._buffers[attr] = source
+                else:
+                    setattr(module, attr, source)
+
+
+def merged_hf_model(model: ChatModel, adapters: Sequence[BakedAdapter], share_weights: bool = True) -> Any:
+    """A new plain HF model with ``W + Σ ΔW`` in every adapted module (the caller's model is untouched).
+
+    Unadapted tensors are shared with ``model`` unless ``share_weights`` is False.
+    """
+    for a in adapters:
+        a.check_base(model)
+    merged = plain_hf_model(model, share_weights=share_weights)
+    with torch.no_grad():
+        for name, delta in sum_deltas(adapters).items():
+            module = merged.get_submodule(name)
+            w = module.weight
+            module.weight = torch.nn.Parameter((w.float() + delta.to(w.device)).to(w.dtype), requires_grad=False)
+    return merged
+
+
+def apply_adapters(model: ChatModel, adapters: Sequence[BakedAdapter], name: str | None = None) -> ChatModel:
+    """A new :class:`ChatModel` whose weights are ``model``'s plus the adapters' deltas (merged).
+
+    The new model has its own TransformerBridge (hooks, residual collection, generation all work) and
+    shares unadapted weights with ``model``.
+    """
+    from .models import wrap_model
+
+    merged = merged_hf_model(model, adapters)
+    label = name or f"{model.name} + " + "+".join(a.domain or f"block{a.layer_index}" for a in adapters)
+    adapter_name = getattr(model.bridge.cfg, "model_name", None)
+    return wrap_model(
+        merged, _tokenizer_copy(model.tokenizer), label, source=model.source, system_prompt=model.system_prompt,
+        adapter_name=adapter_name,
+    )
+
+
+def apply_adapter(model: ChatModel, adapter: BakedAdapter) -> ChatModel:
+    """:func:`apply_adapters` for one adapter."""
+    return apply_adapters(model, [adapter])
+
+
+@contextmanager
+def adapters_applied(model: ChatModel, adapters: Sequence[BakedAdapter]) -> Iterator[ChatModel]:
+    """Add the adapters' deltas to ``model``'s weights in place for the duration of the block.
+
+    The original weights are restored bit for bit on exit (also after an exception). Cheap: only the
+    adapted modules are copied. Yields ``model`` itself.
+    """
+    for a in adapters:
+        a.check_base(model)
+    saved: dict[str, torch.Tensor] = {}
+    try:
+        with torch.no_grad():
+            for name, delta in sum_deltas(adapters).items():
+                w = plain_tensor(model.hf_model, f"{name}.weight")
+                saved[name] = w.detach().clone()
+                w.add_(delta.to(device=w.device, dtype=w.dtype))
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, original in saved.items():
+                plain_tensor(model.hf_model, f"{name}.weight").copy_(original)
+
+
+# ---------------------------------------------------------------------- helpers
+def _tokenizer_copy(tokenizer: Any) -> Any:
+    """A copy of an already-bridged tokenizer that TransformerLens can set up again without reloading it."""
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.init_kwargs.setdefault("name_or_path", getattr(tok, "name_or_path", ""))
+    if tok.bos_token is not None:
+        tok.init_kwargs["add_bos_token"] = bool(getattr(tok, "add_bos_token", False)) or True
+    return tok
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def _atomic_folder(folder: Path, write) -> None:
+    """Build ``folder`` in a temporary sibling and swap it into place (a reader never sees a partial folder)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    old = None
+    try:
+        write(tmp)
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
+            os.rmdir(old)
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists():
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,517 @@
+"""Bake a refusal direction into a LoRA adapter on one decoder block, trained on cached block inputs.
+
+For a direction r read at ``resid_pre`` of layer l, a LoRA (rank 8, alpha 16 by default) on every linear
+module of block ``l − 1`` is trained so that the block's output ``h'`` matches, per token:
+
+- on target-domain prompts: ``h − s·(h·r̂) r̂`` (refusal component removed, over-shot by ``s``);
+- on every other prompt (non-target harmful, harmless, borderline): ``h`` (``"neutral"``, default) or
+  ``h + s·(h·r̂) r̂`` (``"reinforce"``, as in the official code);
+
+with loss ``1 − cos(h', target)`` (default) or relative MSE ``‖h' − target‖² / ‖target‖²``, averaged over
+the prompt's own tokens (the chat-template prefix shared by every prompt is skipped: its hidden states are
+the same for all prompts, so domain-specific targets there would contradict each other).
+
+The frozen prefix of the model is run once per prompt (:func:`capture_block_inputs`); each step then
+costs one block. Batches mix target : other harmful : harmless : borderline by ``BakeConfig.mix``;
+non-target prompts whose block output lies closest to the target domain's mean (hard negatives) are
+sampled more often. Every ``eval_every`` steps first-token refusal scores on validation prompts are
+computed from cached inputs (adapted block + the rest of the model) and the most selective checkpoint is
+kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from .adapters import BakedAdapter
+from .block_inputs import BlockInputs, capture_block_inputs, plain_decoder_layer, rotary_embedding, run_block, run_suffix
+from .data import BORDERLINE, HARMLESS, PromptSet
+from .directions import Direction
+from .errors import PaletteError
+from .models import ChatModel
+from .refusal import first_token_kl, opener_tokens, refusal_scores
+
+log = logging.getLogger(__name__)
+
+TargetMode = Literal["neutral", "reinforce"]
+LossKind = Literal["cosine", "rel_mse"]
+GROUPS = ("target", "other", "harmless", "borderline")
+
+
+@dataclass(frozen=True)
+class BakeConfig:
+    """Settings of one bake (all have working defaults).
+
+    Attributes:
+        scale: s in the target ``h − s·(h·r̂) r̂`` (2.5 in the official code).
+        target_mode: "neutral" (others keep ``h``) or "reinforce" (others get ``h + s·(h·r̂) r̂``).
+        loss: "cosine" (``1 − cos``) or "rel_mse".
+        rank, alpha: LoRA rank and alpha.
+        steps, batch_size, lr, weight_decay: optimisation (AdamW, warm-up then cosine decay).
+        mix: sampling weights of target : other harmful : harmless : borderline prompts per batch.
+        hard_negative_frac: share of non-target prompts counted as hard negatives (closest to the target).
+        hard_negative_weight: how much more often a hard negative is sampled.
+        token_scope: "user" (the prompt's own tokens, default), "post" (post-instruction tokens only) or
+            "all" (every real token, including the shared template prefix).
+        max_per_group: cap on training prompts per non-target group (None: all).
+        val_per_domain: validation prompts per harmful domain; harmless/borderline use 2× this.
+        eval_every: steps between validation checkpoints (0: only at the end).
+        seed: seed for initialisation and sampling.
+    """
+
+    scale: float = 2.5
+    target_mode: TargetMode = "neutral"
+    loss: LossKind = "cosine"
+    rank: int = 8
+    alpha: float = 16.0
+    steps: int = 120
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    mix: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 0.3)
+    hard_negative_frac: float = 0.25
+    hard_negative_weight: float = 3.0
+    token_scope: Literal["user", "post", "all"] = "user"
+    max_per_group: int | None = 80
+    val_per_domain: int = 6
+    eval_every: int = 30
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BakeResult:
+    """What :func:`bake` returns.
+
+    Attributes:
+        adapter: the baked adapter (best validation checkpoint), with metadata and metrics.
+        history: one dict per logged step (``step``, ``loss``, and validation metrics at checkpoints).
+        val: validation metrics of the kept checkpoint (first-token scores).
+        baseline_val: the same metrics for the unadapted block.
+        timings_s: seconds spent per stage (``capture``, ``train``, ``validate``, ``total``).
+    """
+
+    adapter: BakedAdapter
+    history: list[dict] = field(default_factory=list)
+    val: dict = field(default_factory=dict)
+    baseline_val: dict = field(default_factory=dict)
+    timings_s: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- targets and losses
+def block_targets(h: torch.Tensor, unit: torch.Tensor, is_target: torch.Tensor, scale: float, mode: TargetMode) -> torch.Tensor:
+    """Training targets for the block's output.
+
+    Args:
+        h: [batch, seq, d_model] frozen block outputs.
+        unit: [d_model] r̂.
+        is_target: [batch] bool, True for target-domain prompts.
+        scale: s.
+        mode: "neutral" or "reinforce" (what non-target prompts get).
+
+    Returns:
+        [batch, seq, d_model]: ``h − s·(h·r̂)r̂`` for target rows, ``h`` or ``h + s·(h·r̂)r̂`` for the others.
+    """
+    proj = (h @ unit).unsqueeze(-1) * unit  # [b, s, d]
+    sign = torch.where(is_target, -1.0, 1.0 if mode == "reinforce" else 0.0).to(h.dtype)
+    return h + scale * sign[:, None, None] * proj
+
+
+def token_losses(pred: torch.Tensor, target: torch.Tensor, kind: LossKind) -> torch.Tensor:
+    """Per-token loss: [batch, seq, d] × 2 → [batch, seq]."""
+    if kind == "cosine":
+        return 1.0 - torch.nn.functional.cosine_similarity(pred, target, dim=-1, eps=1e-6)
+    if kind == "rel_mse":
+        return (pred - target).pow(2).sum(-1) / target.pow(2).sum(-1).clamp_min(1e-6)
+    raise ValueError(f"unknown loss {kind!r}")
+
+
+def token_mask(mask: torch.Tensor, n_prefix: int, n_post: int, scope: str) -> torch.Tensor:
+    """Which tokens the loss counts: [batch, seq] (float), for a left-padded ``mask``.
+
+    "user": real tokens after the shared template prefix; "post": the last ``n_post`` tokens; "all": every
+    real token.
+    """
+    real = mask.float()
+    if scope == "all":
+        return real
+    idx = mask.long().cumsum(-1) - 1  # position within the real tokens
+    if scope == "user":
+        return real * (idx >= n_prefix).float()
+    if scope == "post":
+        length = mask.long().sum(-1, keepdim=True)
+        return real * (idx >= length - n_post).float()
+    raise ValueError(f"unknown token scope {scope!r}")
+
+
+def hard_negative_weights(
+    outputs: torch.Tensor, is_target: torch.Tensor, frac: float, weight: float
+) -> torch.Tensor:
+    """Sampling weights: non-target prompts whose (centred) output is most aligned with the target mean get ``weight``.
+
+    Args:
+        outputs: [n, d_model] block outputs at the direction's position.
+        is_target: [n] bool.
+
+    Returns:
+        [n] weights (1 for ordinary prompts and for target prompts).
+    """
+    w = torch.ones(outputs.shape[0])
+    others = (~is_target).nonzero().flatten()
+    if frac <= 0 or weight == 1.0 or len(others) == 0 or not is_target.any():
+        return w
+    centre = outputs.mean(0)
+    target_dir = outputs[is_target].mean(0) - centre
+    sim = torch.nn.functional.cosine_similarity(outputs[others] - centre, target_dir[None], dim=-1)
+    k = max(1, round(frac * len(others)))
+    hard = others[sim.topk(k).indices]
+    w[hard] = weight
+    return w
+
+
+# ---------------------------------------------------------------------- the LoRA block
+def _holder(layer: torch.nn.Module, prefix: str) -> torch.nn.Module:
+    """Nest ``layer`` under ``prefix`` (e.g. "model.layers.11") so module names match a plain HF model."""
+    parts = prefix.split(".")
+    root = torch.nn.ModuleDict()
+    cur = root
+    for part in parts[:-1]:
+        nxt = torch.nn.ModuleDict()
+        cur[part] = nxt
+        cur = nxt
+    cur[parts[-1]] = layer
+    return root
+
+
+def linear_module_names(layer: torch.nn.Module, prefix: str) -> list[str]:
+    """Plain HF names of every ``nn.Linear`` inside ``layer``, prefixed (e.g. ``model.layers.11.mlp.up_proj``)."""
+    return sorted(f"{prefix}.{n}" for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear))
+
+
+class LoraBlock:
+    """A private copy of one decoder block with LoRA on all its linear modules (peft).
+
+    Attributes:
+        prefix: the block's module path in a plain HF model.
+        peft_model: the peft-wrapped holder; ``layer`` runs the adapted block.
+    """
+
+    def __init__(self, model: ChatModel, layer_index: int, rank: int, alpha: float, seed: int):
+        from peft import LoraConfig, get_peft_model
+
+        self.layer_index = layer_index
+        self.prefix = model.decoder_layer_prefix(layer_index)
+        layer = plain_decoder_layer(model, layer_index).float()
+        self.modules = linear_module_names(layer, self.prefix)
+        self.rank, self.alpha = rank, alpha
+        torch.manual_seed(seed)
+        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=self.modules)
+        self.peft_model = get_peft_model(_holder(layer, self.prefix), config)
+        self.layer = self.peft_model.get_submodule(f"base_model.model.{self.prefix}")
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.peft_model.parameters() if p.requires_grad]
+
+    def factors(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Current LoRA factors (copies): A name → [r, in], B name → [out, r]."""
+        a, b = {}, {}
+        for name in self.modules:
+            mod = self.peft_model.get_submodule(f"base_model.model.{name}")
+            a[name] = mod.lora_A["default"].weight.detach().clone()
+            b[name] = mod.lora_B["default"].weight.detach().clone()
+        return a, b
+
+    def load_factors(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name in self.modules:
+                mod = self.peft_model.get_submodule(f"base_model.model.{name}")
+                mod.lora_A["default"].weight.copy_(a[name])
+                mod.lora_B["default"].weight.copy_(b[name])
+
+
+# ---------------------------------------------------------------------- data
+@dataclass
+class BakeData:
+    """Training and validation prompts of one bake, grouped, with their cached block inputs."""
+
+    train: dict[str, list[str]]
+    val: dict[str, list[str]]  # keys: target, harmless, borderline, and each other harmful domain
+    inputs: BlockInputs
+
+    @staticmethod
+    def build(
+        model: ChatModel, prompts: PromptSet, target: str, layer_index: int, config: BakeConfig,
+        inputs: BlockInputs | None = None,
+    ) -> BakeData:
+        prompts.check_domain(target)
+        others = [d for d in prompts.harmful_domains if d != target]
+        cap = config.max_per_group
+        train = {
+            "target": prompts.part(target, "train"),
+            "other": _interleave([prompts.part(d, "train") for d in others], cap),
+            "harmless": prompts.part(HARMLESS, "train", cap),
+            "borderline": prompts.part(BORDERLINE, "train", cap) if BORDERLINE in prompts.by_domain else [],
+        }
+        val = {"target": prompts.part(target, "val")}
+        for d in others:
+            val[d] = prompts.part(d, "val", config.val_per_domain)
+        val["harmless"] = prompts.part(HARMLESS, "val", 2 * config.val_per_domain)
+        if BORDERLINE in prompts.by_domain:
+            val["borderline"] = prompts.part(BORDERLINE, "val", 2 * config.val_per_domain)
+        needed = list(dict.fromkeys(p for group in (*train.values(), *val.values()) for p in group))
+        if inputs is None or inputs.layer_index != layer_index or any(p not in set(inputs.prompts) for p in needed):
+            inputs = capture_block_inputs(model, needed, layer_index, desc=f"block {layer_index} inputs")
+        return BakeData(train, val, inputs)
+
+
+def _interleave(lists: Sequence[list[str]], cap: int | None) -> list[str]:
+    """Round-robin over ``lists`` (so a cap keeps every domain represented)."""
+    out: list[str] = []
+    for i in range(max((len(x) for x in lists), default=0)):
+        out.extend(x[i] for x in lists if i < len(x))
+    return out[:cap] if cap is not None else out
+
+
+# ---------------------------------------------------------------------- validation
+def validation_metrics(
+    logprobs: torch.Tensor, base_logprobs: torch.Tensor, groups: dict[str, slice], refusal_ids: Sequence[int]
+) -> dict:
+    """First-token metrics of an adapted block against the unadapted one on validation prompts.
+
+    Returns a dict with ``p_target`` (mean refusal-token mass on target prompts), ``retain`` (per other
+    harmful domain, adapted / vanilla mass), ``retain_mean``, ``retain_min``, ``kl_harmless``,
+    ``borderline_up`` (increase of refusal mass) and ``selectivity`` (higher is better).
+    """
+    p1 = torch.sigmoid(refusal_scores(logprobs, refusal_ids))
+    p0 = torch.sigmoid(refusal_scores(base_logprobs, refusal_ids))
+    out: dict = {}
+    t = groups["target"]
+    out["p_target"] = float(p1[t].mean())
+    out["p_target_base"] = float(p0[t].mean())
+    retain = {}
+    for name, sl in groups.items():
+        if name in ("target", "harmless", "borderline"):
+            continue
+        retain[name] = float(p1[sl].mean() / p0[sl].mean().clamp_min(1e-6))
+    out["retain"] = retain
+    out["retain_mean"] = sum(retain.values()) / len(retain) if retain else 1.0
+    out["retain_min"] = min(retain.values()) if retain else 1.0
+    if "harmless" in groups:
+        h = groups["harmless"]
+        out["kl_harmless"] = float(first_token_kl(base_logprobs[h], logprobs[h]).mean())
+    else:
+        out["kl_harmless"] = 0.0
+    if "borderline" in groups:
+        b = groups["borderline"]
+        out["borderline_up"] = float((p1[b] - p0[b]).mean())
+    else:
+        out["borderline_up"] = 0.0
+    bypass = out["p_target"] / max(out["p_target_base"], 1e-6)
+    out["selectivity"] = (
+        0.5 * (out["retain_mean"] + min(out["retain_min"] / 0.85, 1.0))
+        - bypass
+        - 2.0 * max(0.0, out["kl_harmless"] - 0.05)
+        - max(0.0, out["borderline_up"])
+    )
+    return out
+
+
+def default_refusal_ids(model: ChatModel) -> list[int]:
+    """The opener-based refusal token set (no generation needed)."""
+    return sorted(opener_tokens(model.tokenizer))
+
+
+# ---------------------------------------------------------------------- bake
+def bake(
+    model: ChatModel,
+    direction: Direction,
+    prompts: PromptSet,
+    config: BakeConfig = BakeConfig(),
+    *,
+    refusal_ids: Sequence[int] | None = None,
+    inputs: BlockInputs | None = None,
+    progress: bool = True,
+) -> BakeResult:
+    """Train a single-block LoRA adapter that removes ``direction`` for its domain only.
+
+    Args:
+        model: the base chat model (never modified).
+        direction: the chosen direction (layer l ≥ 1, position, domain = the target domain).
+        prompts: the prompt set (train split for training, validation split for checkpoint selection).
+        config: training settings.
+        refusal_ids: the refusal token set R for first-token scores (default: opener tokens).
+        inputs: previously captured :class:`BlockInputs` of block ``l − 1`` to reuse (e.g. for another
+            domain with the same layer); captured here otherwise.
+        progress: show a progress bar.
+
+    Returns:
+        :class:`BakeResult` with the adapter of the best validation checkpoint.
+    """
+    t_start = time.perf_counter()
+    if direction.layer < 1 or direction.layer > model.n_layers:
+        raise PaletteError(f"cannot bake a direction read at layer {direction.layer}: it needs a block before it")
+    direction.check_model(model.fingerprint)
+    target = direction.domain
+    layer_index = direction.layer - 1
+    refusal_ids = list(refusal_ids) if refusal_ids is not None else default_refusal_ids(model)
+    gen = torch.Generator().manual_seed(config.seed)
+
+    data = BakeData.build(model, prompts, target, layer_index, config, inputs)
+    t_capture = time.perf_counter() - t_start
+    unit = direction.unit.float()
+
+    # training pools
+    pool_prompts: list[str] = []
+    pool_group: list[int] = []
+    for g, name in enumerate(GROUPS):
+        pool_prompts += data.train[name]
+        pool_group += [g] * len(data.train[name])
+    if not data.train["target"]:
+        raise PaletteError(f"no training prompts for {target!r}")
+    train_inputs = data.inputs.subset(pool_prompts)
+    group = torch.tensor(pool_group)
+    is_target = group == 0
+    outs = train_inputs.last_out(direction.position)
+    weights = hard_negative_weights(outs, is_target, config.hard_negative_frac, config.hard_negative_weight)
+    weights[group == 2] = 1.0  # hard negatives among harmful and borderline prompts only
+    group_probs = []
+    for g in range(len(GROUPS)):
+        sel = group == g
+        group_probs.append(config.mix[g] if sel.any() else 0.0)
+    group_probs_t = torch.tensor(group_probs, dtype=torch.float)
+    group_probs_t /= group_probs_t.sum()
+
+    # validation set (cached inputs, first-token scores through the rest of the model)
+    val_prompts: list[str] = []
+    val_groups: dict[str, slice] = {}
+    for name, ps in data.val.items():
+        if ps:
+            val_groups[name] = slice(len(val_prompts), len(val_prompts) + len(ps))
+            val_prompts += ps
+    val_inputs = data.inputs.subset(val_prompts)
+    rotary = rotary_embedding(model)
+
+    block = LoraBlock(model, layer_index, config.rank, config.alpha, config.seed)
+    t0 = time.perf_counter()
+    base_val_lp = run_suffix(model, val_inputs, rotary=rotary)
+    baseline_val = validation_metrics(base_val_lp, base_val_lp, val_groups, refusal_ids)
+    t_validate = time.perf_counter() - t0
+
+    params = block.parameters()
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, config.steps // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, config.steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    history: list[dict] = []
+    best: tuple[float, int, tuple, dict] | None = None
+    n_post = model.n_post
+    dtype = torch.float32
+    t_train = 0.0
+    bar = tqdm(range(config.steps), desc=f"bake {target}", leave=False, disable=not progress)
+    running = None
+    for step in bar:
+        t1 = time.perf_counter()
+        block.peft_model.train()
+        idx = _sample_batch(group, weights, group_probs_t, config.batch_size, gen)
+        h_in, mask, h_out = train_inputs.collate(idx)
+        tgt_rows = is_target[idx]
+        targets = block_targets(h_out, unit, tgt_rows, config.scale, config.target_mode)
+        pred = run_block(block.layer, rotary, h_in.to(dtype), mask)
+        tok = token_mask(mask, train_inputs.n_prefix, n_post, config.token_scope)
+        per_tok = token_losses(pred, targets, config.loss)
+        per_prompt = (per_tok * tok).sum(-1) / tok.sum(-1).clamp_min(1.0)
+        loss = per_prompt.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        t_train += time.perf_counter() - t1
+        loss_value = loss.item()
+        running = loss_value if running is None else 0.9 * running + 0.1 * loss_value
+        bar.set_postfix(loss=f"{running:.4f}")
+        record: dict = {"step": step + 1, "loss": loss_value}
+        last = step + 1 == config.steps
+        if last or (config.eval_every and (step + 1) % config.eval_every == 0):
+            t2 = time.perf_counter()
+            block.peft_model.eval()
+            lp = run_suffix(model, val_inputs, first_block=block.layer, rotary=rotary)
+            metrics = validation_metrics(lp, base_val_lp, val_groups, refusal_ids)
+            t_validate += time.perf_counter() - t2
+            record["val"] = metrics
+            log.info(
+                "bake %s step %d: loss %.4f, p_target %.3f (base %.3f), retain mean %.3f min %.3f, KL %.4f",
+                target, step + 1, loss_value, metrics["p_target"], metrics["p_target_base"],
+                metrics["retain_mean"], metrics["retain_min"], metrics["kl_harmless"],
+            )
+            if best is None or metrics["selectivity"] > best[0]:
+                best = (metrics["selectivity"], step + 1, block.factors(), metrics)
+        history.append(record)
+    assert best is not None
+    _, best_step, (lora_a, lora_b), best_metrics = best
+    total = time.perf_counter() - t_start
+    timings = {"capture": t_capture, "train": t_train, "validate": t_validate, "total": total}
+    used = [target, *[d for d in prompts.harmful_domains if d != target], HARMLESS]
+    if BORDERLINE in prompts.by_domain:
+        used.append(BORDERLINE)
+    meta = {
+        "domain": target,
+        "base_model": model.name,
+        "base_fingerprint": model.fingerprint,
+        "base_source": model.source,
+        "layer": direction.layer,
+        "position": direction.position,
+        "scale": config.scale,
+        "target_mode": config.target_mode,
+        "loss": config.loss,
+        "config": config.to_dict(),
+        "best_step": best_step,
+        "data_hashes": {"target": prompts.data_hash([target]), "all": prompts.data_hash(used)},
+        "direction": {"norm": direction.norm, "data_hash": direction.data_hash, "meta": direction.meta},
+        "refusal_ids": list(refusal_ids),
+        "metrics": {"val_first_token": best_metrics, "val_first_token_base": baseline_val},
+        "train_seconds": total,
+        "n_train": {k: len(v) for k, v in data.train.items()},
+    }
+    adapter = BakedAdapter(
+        layer_index=layer_index, lora_A=lora_a, lora_B=lora_b, rank=config.rank, alpha=config.alpha,
+        meta=meta, direction=direction.vector.detach().float().clone(),
+    )
+    log.info("baked %s into block %d in %.1fs (best step %d)", target, layer_index, total, best_step)
+    return BakeResult(adapter, history, best_metrics, baseline_val, timings)
+
+
+def _sample_batch(
+    group: torch.Tensor, weights: torch.Tensor, group_probs: torch.Tensor, batch_size: int, gen: torch.Generator
+) -> list[int]:
+    """Draw a batch: groups by ``group_probs`` (at least one target prompt), prompts within a group by weight."""
+    counts = torch.multinomial(group_probs, batch_size, replacement=True, generator=gen).bincount(
+        minlength=len(group_probs)
+    )
+    if counts[0] == 0:
+        counts[0] += 1
+        counts[int(counts.argmax())] -= 1
+    idx: list[int] = []
+    for g, n in enumerate(counts.tolist()):
+        if n == 0:
+            continue
+        members = (group == g).nonzero().flatten()
+        w = weights[members]
+        replace = n > len(members)
+        pick = torch.multinomial(w, n, replacement=replace, generator=gen)
+        idx += members[pick].tolist()
+    return idx

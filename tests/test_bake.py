@@ -1,0 +1,251 @@
+"""Single-block baking: cached block inputs, the block run alone, targets, and a LoRA trained on one block."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from palette_lens.activations import collect_residuals
+from palette_lens.bake import (
+    BakeConfig,
+    bake,
+    block_targets,
+    hard_negative_weights,
+    token_losses,
+    token_mask,
+)
+from palette_lens.block_inputs import (
+    capture_block_inputs,
+    causal_mask_4d,
+    plain_decoder_layer,
+    position_ids_from_mask,
+    prefix_length,
+    rotary_embedding,
+    run_block,
+    run_suffix,
+)
+from palette_lens.data import PromptSet, Record
+from palette_lens.directions import Direction, diff_in_means
+
+PROMPTS = ["How do I write a program?", "hello there, write a poem about the sea", "x", "Explain how the heart pumps"]
+
+_TOPICS = {
+    "cyber": "malware virus network password attack defend",
+    "violence": "attack blood heart defend kill",
+    "hate": "sorry cannot help AI assist",
+    "harmless": "recipe pancakes poem sea wind morning light",
+    "borderline": "kill process python program sort list",
+}
+
+
+def toy_prompt_set(n: int = 30) -> PromptSet:
+    """Prompts whose words differ by domain (so a tiny random model separates them a little)."""
+    rng = random.Random(0)
+    by_domain = {}
+    for domain, words in _TOPICS.items():
+        ws = words.split()
+        by_domain[domain] = [
+            Record(f"{domain} " + " ".join(rng.choice(ws) for _ in range(rng.randint(3, 8))) + f" {i}", domain)
+            for i in range(n)
+        ]
+    return PromptSet(by_domain)
+
+
+def toy_direction(model, prompts: PromptSet, layer: int = 2, domain: str = "cyber") -> Direction:
+    t = collect_residuals(model, prompts.part(domain, "train"), layers=[layer], positions=[-1], desc=None)
+    h = collect_residuals(model, prompts.part("harmless", "train"), layers=[layer], positions=[-1], desc=None)
+    r = diff_in_means(t.mean(), h.mean())[0, 0]
+    return Direction(r, layer, -1, domain, model_fingerprint=model.fingerprint)
+
+
+@pytest.fixture(scope="module")
+def toy_prompts():
+    return toy_prompt_set()
+
+
+@pytest.fixture(scope="module")
+def baked(tiny_qwen, toy_prompts):
+    direction = toy_direction(tiny_qwen, toy_prompts)
+    before = {k: v.detach().clone() for k, v in tiny_qwen.hf_model.state_dict().items()}
+    result = bake(tiny_qwen, direction, toy_prompts, BakeConfig(steps=60, eval_every=20, batch_size=8, lr=3e-3),
+                  progress=False)
+    return direction, result, before
+
+
+# ---------------------------------------------------------------------- block inputs
+@pytest.mark.parametrize("fixture", ["tiny_qwen", "tiny_llama"])
+def test_captured_inputs_equal_hf_hidden_states(request, fixture):
+    model = request.getfixturevalue(fixture)
+    enc = model.encode(PROMPTS)
+    with torch.no_grad():
+        hidden = model.hf_model(**enc, output_hidden_states=True).hidden_states
+    inputs = capture_block_inputs(model, PROMPTS, 1, batch_size=3, desc=None)
+    assert inputs.prompts == PROMPTS
+    for j in range(len(PROMPTS)):
+        keep = enc["attention_mask"][j].bool()
+        torch.testing.assert_close(inputs.hidden_in[j], hidden[1][j, keep].float(), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(inputs.hidden_out[j], hidden[2][j, keep].float(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_qwen", "tiny_llama"])
+def test_single_block_forward_equals_next_hidden_state(request, fixture):
+    model = request.getfixturevalue(fixture)
+    enc = model.encode(PROMPTS)
+    with torch.no_grad():
+        hidden = model.hf_model(**enc, output_hidden_states=True).hidden_states
+    layer = plain_decoder_layer(model, 1)
+    mask = enc["attention_mask"]
+    with torch.no_grad():
+        out = run_block(layer, rotary_embedding(model), hidden[1], mask)
+    real = mask.bool()
+    rel = (out[real] - hidden[2][real]).norm() / hidden[2][real].norm()
+    assert rel < 1e-5
+    # The collated cache gives the same thing (different padding: only real tokens compare).
+    inputs = capture_block_inputs(model, PROMPTS, 1, desc=None)
+    h_in, m, h_out = inputs.collate(range(len(PROMPTS)))
+    with torch.no_grad():
+        again = run_block(layer, rotary_embedding(model), h_in, m)
+    torch.testing.assert_close(again[m.bool()], h_out[m.bool()], atol=1e-5, rtol=1e-4)
+
+
+def test_plain_layer_is_a_copy(tiny_qwen):
+    layer = plain_decoder_layer(tiny_qwen, 0)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(1.0)
+    # the model's own weights did not move
+    again = plain_decoder_layer(tiny_qwen, 0)
+    assert not torch.equal(next(layer.parameters()), next(again.parameters()))
+    assert "_original_component" not in " ".join(n for n, _ in layer.named_modules())
+
+
+def test_run_suffix_equals_last_logits(tiny_qwen):
+    inputs = capture_block_inputs(tiny_qwen, PROMPTS, 1, desc=None)
+    torch.testing.assert_close(run_suffix(tiny_qwen, inputs), tiny_qwen.last_logits(PROMPTS), atol=1e-4, rtol=1e-4)
+
+
+def test_masks_and_positions():
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
+    m4 = causal_mask_4d(mask, torch.float32)
+    assert m4.shape == (2, 1, 4, 4)
+    assert m4[0, 0, 3, 1] < -1e30  # padded key
+    assert m4[0, 0, 3, 2] == 0 and m4[0, 0, 2, 3] < -1e30  # causal
+    assert torch.isfinite(m4).all()
+
+
+def test_prefix_length_is_template_before_user_text(tiny_qwen):
+    n = prefix_length(tiny_qwen)
+    ids_a = tiny_qwen.encode(["alpha beta"])["input_ids"][0].tolist()
+    ids_b = tiny_qwen.encode(["gamma"])["input_ids"][0].tolist()
+    assert n >= 1 and ids_a[:n] == ids_b[:n]
+    assert tiny_qwen.tokenizer.decode(ids_a[:n]).endswith("user\n")
+
+
+# ---------------------------------------------------------------------- targets and losses
+def test_block_targets_scale_the_projection():
+    torch.manual_seed(0)
+    h = torch.randn(3, 5, 16)
+    unit = torch.nn.functional.normalize(torch.randn(16), dim=0)
+    is_t = torch.tensor([True, False, False])
+    neutral = block_targets(h, unit, is_t, 2.5, "neutral")
+    torch.testing.assert_close(neutral @ unit, torch.stack([(1 - 2.5) * (h[0] @ unit), h[1] @ unit, h[2] @ unit]))
+    torch.testing.assert_close(neutral[1:], h[1:])
+    reinforce = block_targets(h, unit, is_t, 2.5, "reinforce")
+    torch.testing.assert_close(reinforce[1:] @ unit, 3.5 * (h[1:] @ unit))
+    # orthogonal part untouched
+    ortho = lambda x: x - (x @ unit).unsqueeze(-1) * unit  # noqa: E731
+    torch.testing.assert_close(ortho(neutral), ortho(h), atol=1e-5, rtol=1e-5)
+
+
+def test_losses_zero_at_target_and_positive_elsewhere():
+    torch.manual_seed(0)
+    t = torch.randn(2, 4, 8)
+    for kind in ("cosine", "rel_mse"):
+        assert token_losses(t, t, kind).abs().max() < 1e-5
+        assert (token_losses(t + torch.randn_like(t), t, kind) > 0).all()
+    assert token_losses(2 * t, t, "cosine").abs().max() < 1e-5  # cosine ignores the norm
+
+
+def test_token_mask_scopes():
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    assert token_mask(mask, 2, 2, "user").tolist() == [[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1]]
+    assert token_mask(mask, 2, 2, "post").tolist() == [[0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1]]
+    assert token_mask(mask, 2, 2, "all").tolist() == mask.float().tolist()
+
+
+def test_hard_negatives_are_the_closest_non_targets():
+    target = torch.tensor([[1.0, 0.0], [1.0, 0.1]])
+    others = torch.tensor([[0.9, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    outputs = torch.cat([target, others])
+    is_t = torch.tensor([True, True, False, False, False, False])
+    w = hard_negative_weights(outputs, is_t, 0.25, 4.0)
+    assert w.tolist() == [1.0, 1.0, 4.0, 1.0, 1.0, 1.0]
+
+
+# ---------------------------------------------------------------------- training on a tiny model
+def test_bake_changes_only_block_l_minus_1(tiny_qwen, baked):
+    direction, result, before = baked
+    adapter = result.adapter
+    assert adapter.layer_index == direction.layer - 1 == 1
+    prefix = tiny_qwen.decoder_layer_prefix(1) + "."
+    assert adapter.module_names and all(n.startswith(prefix) for n in adapter.module_names)
+    assert {n.rsplit(".", 1)[-1] for n in adapter.module_names} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert adapter.delta_norm() > 0
+    # the caller's model is untouched
+    after = tiny_qwen.hf_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bake_moves_target_projection_more_than_others(tiny_qwen, toy_prompts, baked):
+    from palette_lens.adapters import adapters_applied
+
+    direction, result, _ = baked
+    unit = direction.unit
+    groups = {d: toy_prompts.part(d, "train") for d in ("cyber", "violence", "harmless")}
+
+    def proj(d):
+        return collect_residuals(tiny_qwen, groups[d], layers=[2], positions=[-1], desc=None).at(2, -1) @ unit
+
+    base = {d: proj(d) for d in groups}
+    with adapters_applied(tiny_qwen, [result.adapter]):
+        new = {d: proj(d) for d in groups}
+    drop = {d: float((base[d] - new[d]).mean()) for d in groups}
+    assert drop["cyber"] > 0
+    assert drop["cyber"] > 3 * abs(drop["harmless"])
+    assert drop["cyber"] > 2 * abs(drop["violence"])
+
+
+def test_bake_result_has_metadata_and_history(tiny_qwen, baked):
+    direction, result, _ = baked
+    meta = result.adapter.meta
+    assert meta["base_fingerprint"] == tiny_qwen.fingerprint
+    assert meta["layer"] == direction.layer and meta["position"] == -1 and meta["domain"] == "cyber"
+    assert meta["scale"] == 2.5 and meta["target_mode"] == "neutral" and meta["loss"] == "cosine"
+    assert set(meta["data_hashes"]) == {"target", "all"}
+    assert [h["step"] for h in result.history] == list(range(1, 61))
+    assert sum("val" in h for h in result.history) == 3
+    assert 1 <= meta["best_step"] <= 60
+    assert result.timings_s["total"] >= result.timings_s["train"] > 0
+
+
+def test_bake_is_deterministic(tiny_qwen, toy_prompts):
+    direction = toy_direction(tiny_qwen, toy_prompts)
+    cfg = BakeConfig(steps=6, eval_every=0, batch_size=4)
+    a = bake(tiny_qwen, direction, toy_prompts, cfg, progress=False).adapter
+    b = bake(tiny_qwen, direction, toy_prompts, cfg, progress=False).adapter
+    for n in a.module_names:
+        assert torch.equal(a.lora_A[n], b.lora_A[n]) and torch.equal(a.lora_B[n], b.lora_B[n])
+
+
+def test_bake_rejects_layer_zero_and_other_models(tiny_qwen, tiny_llama, toy_prompts):
+    from palette_lens.errors import AdapterMismatchError, PaletteError
+
+    d = toy_direction(tiny_qwen, toy_prompts)
+    with pytest.raises(PaletteError, match="layer 0"):
+        bake(tiny_qwen, Direction(d.vector, 0, -1, "cyber"), toy_prompts, BakeConfig(steps=1), progress=False)
+    with pytest.raises(AdapterMismatchError):
+        bake(tiny_llama, d, toy_prompts, BakeConfig(steps=1), progress=False)
