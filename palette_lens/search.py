@@ -1,0 +1,481 @@
+"""Multi-objective refusal-direction search for one target domain.
+
+Pipeline of :func:`search_direction`:
+
+1. candidates ``r[l, p]`` = difference of means (target vs harmless train prompts) at every layer and
+   post-instruction position (:mod:`palette_lens.candidates`), from residuals collected once and reusable
+   across domains;
+2. filters: layers ``1 ≤ l < (1 − drop_last_frac)·L`` (a direction at layer l is baked into block l−1,
+   and Arditi et al. drop the last 20% of layers);
+3. cheap pruning: every remaining candidate gets an attribution estimate of ``bypass_T`` (one forward +
+   backward pass in all) and a separability score ``sep_N`` (cross-validated AUC of target vs non-target
+   harmful train prompts at the input of block l−1); the ``top_k`` best by a proxy of the selection rule
+   (plus the best by estimated bypass alone) go on;
+4. causal scoring of the kept candidates (one ablated forward pass over a small validation set each,
+   vanilla log-probs computed once): ``bypass_T`` (lower is better), ``retain_N`` (higher is better),
+   ``kl_H`` (lower is better);
+5. the Pareto front of (bypass_T, retain, kl_H) and the choice: minimise ``α·bypass' − (1−α)·retain'``
+   (both min-max scaled) subject to ``kl_H ≤ kl_max`` and ``bypass_T ≤ bypass_max``, relaxing the
+   constraints in that order when nothing passes (recorded in ``SearchResult.fallback``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .activations import Residuals
+from .atomic import atomic_write_text
+from .candidates import Candidates, candidates_from_residuals, collect_domain_residuals
+from .data import HARMLESS, PromptSet
+from .directions import Direction
+from .errors import DataError, PaletteError
+from .models import ChatModel
+from .pareto import pareto_front, select_tradeoff
+from .refusal import opener_tokens
+from .scoring import (
+    EvalSet,
+    ablation_objectives,
+    attribution_estimates,
+    attribution_matrix,
+    build_eval_set,
+    mean_diff_auc,
+)
+
+log = logging.getLogger(__name__)
+
+RetainKind = Literal["causal", "sep", "both"]
+ProxyKind = Literal["attribution", "norm", "none"]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of a direction search (all have working defaults).
+
+    Attributes:
+        alpha: trade-off in ``α·bypass' − (1−α)·retain'`` (1: bypass only, 0: retention only).
+        retain: which retention objective the selection uses: "causal" (``retain_N``, non-target refusal
+            score under the ablation), "sep" (``sep_N``, target vs non-target separability at the
+            baked block's input) or "both" (mean of the two, each min-max scaled).
+        kl_max: largest first-token KL on harmless prompts a chosen direction may have.
+        bypass_max: largest ``bypass_T`` a chosen direction may have (0: the target must comply on
+            average); None disables the constraint.
+        drop_last_frac: drop candidates in the last fraction of layers.
+        min_layer: smallest layer considered (1: a block l−1 must exist to bake into).
+        top_k: candidates scored causally after pruning (None: every candidate, no pruning).
+        proxy: pruning proxy: "attribution" (first-order estimate), "norm" (‖r‖ relative to ‖h‖), "none".
+        n_val: validation prompts of the target domain and of harmless.
+        n_val_other: validation prompts per non-target harmful domain.
+        n_train: train prompts per domain for residuals (None: all).
+        n_proxy: target (and non-target) validation prompts used by the attribution proxy.
+        alphas: α values of the α path (shown on the Pareto plot).
+        batch_size: prompts per forward pass.
+    """
+
+    alpha: float = 0.5
+    retain: RetainKind = "both"
+    kl_max: float = 0.1
+    bypass_max: float | None = 0.0
+    drop_last_frac: float = 0.2
+    min_layer: int = 1
+    top_k: int | None = 12
+    proxy: ProxyKind = "attribution"
+    n_val: int = 12
+    n_val_other: int = 2
+    n_train: int | None = None
+    n_proxy: int = 8
+    alphas: tuple[float, ...] = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
+    batch_size: int = 16
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["alphas"] = list(self.alphas)
+        return d
+
+
+OBJECTIVES = ("bypass_T", "retain_N", "sep_N", "kl_H")
+#: per objective, True when larger is better
+MAXIMIZE = {"bypass_T": False, "retain_N": True, "retain_min": True, "sep_N": True, "kl_H": False, "retain": True}
+
+
+@dataclass
+class SearchResult:
+    """What :func:`search_direction` returns.
+
+    Attributes:
+        target: the target domain.
+        candidates: one dict per candidate: ``layer``, ``position``, ``norm``, ``eligible`` (passes the
+            layer filter), ``proxy`` (pruning proxy, lower is better: the attribution estimate of
+            ``bypass_T`` by default; None when not computed), ``sep_N``, ``evaluated``, and
+            for evaluated ones ``bypass_T``, ``retain_N``, ``retain_min``, ``kl_H``, ``retain`` (the
+            selection's retention score).
+        pareto: the evaluated candidates on the Pareto front of (bypass_T, retain, kl_H).
+        chosen: the chosen :class:`Direction` (objectives and settings in ``chosen.meta``).
+        vanilla: objectives of the unmodified model on the same validation set.
+        alpha_path: for each α, the (layer, position) the selection rule picks.
+        config: the settings used.
+        fallback: which constraints had to be relaxed (None when the choice passed every filter).
+        timings_s: seconds per stage.
+        refusal_ids: the refusal token ids of the first-token score.
+        n_prompts: prompts per group used (train residuals and validation).
+        candidate_set: the candidate vectors (kept in memory, not serialised).
+    """
+
+    target: str
+    candidates: list[dict]
+    pareto: list[dict]
+    chosen: Direction
+    vanilla: dict
+    alpha_path: list[dict]
+    config: SearchConfig
+    fallback: str | None = None
+    timings_s: dict = field(default_factory=dict)
+    refusal_ids: list[int] = field(default_factory=list)
+    n_prompts: dict = field(default_factory=dict)
+    model: str = ""
+    candidate_set: Candidates | None = field(default=None, repr=False)
+
+    @property
+    def chosen_row(self) -> dict:
+        return next(c for c in self.candidates if (c["layer"], c["position"]) == (self.chosen.layer, self.chosen.position))
+
+    def direction(self, layer: int, position: int) -> Direction:
+        """Any candidate as a :class:`Direction` (needs the in-memory candidate set)."""
+        if self.candidate_set is None:
+            raise PaletteError("this search result was loaded from disk; only the chosen direction is available")
+        return self.candidate_set.direction(layer, position, search_target=self.target)
+
+    def grid(self, objective: str) -> tuple[list[int], list[int], np.ndarray]:
+        """Layers, positions and an [n_layers, n_positions] array of one objective (NaN where missing)."""
+        layers = sorted({c["layer"] for c in self.candidates})
+        positions = sorted({c["position"] for c in self.candidates})
+        arr = np.full((len(layers), len(positions)), np.nan)
+        for c in self.candidates:
+            v = c.get(objective)
+            if v is not None:
+                arr[layers.index(c["layer"]), positions.index(c["position"])] = v
+        return layers, positions, arr
+
+    def to_json(self) -> dict:
+        """A JSON-serialisable dict with keys ``candidates``, ``pareto``, ``chosen`` and the context."""
+        return {
+            "target": self.target,
+            "model": self.model,
+            "candidates": [_clean(c) for c in self.candidates],
+            "pareto": [_clean(c) for c in self.pareto],
+            "chosen": {**self.chosen.provenance(), "objectives": _clean(self.chosen_row)},
+            "vanilla": _clean(self.vanilla),
+            "alpha_path": self.alpha_path,
+            "config": self.config.to_dict(),
+            "fallback": self.fallback,
+            "timings_s": self.timings_s,
+            "refusal_ids": self.refusal_ids,
+            "n_prompts": self.n_prompts,
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``search.json`` and ``directions/<target>.safetensors/.json`` into ``folder``; returns the JSON path."""
+        folder = Path(folder)
+        self.chosen.save(folder / "directions", self.target)
+        path = folder / "search.json"
+        atomic_write_text(path, json.dumps(self.to_json(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path, target: str | None = None) -> SearchResult:
+        """Read a saved search (``search.json`` + the chosen direction) back."""
+        folder = Path(folder)
+        path = folder / "search.json"
+        if not path.is_file():
+            raise PaletteError(f"no search.json in {folder}")
+        d = json.loads(path.read_text())
+        if target is not None and d["target"] != target:
+            raise PaletteError(f"{path} holds the search for {d['target']!r}, not {target!r}")
+        chosen = Direction.load(folder / "directions" / f"{d['target']}.json")
+        cfg = dict(d.get("config", {}))
+        cfg["alphas"] = tuple(cfg.get("alphas", SearchConfig.alphas))
+        return cls(
+            target=d["target"],
+            candidates=d["candidates"],
+            pareto=d["pareto"],
+            chosen=chosen,
+            vanilla=d.get("vanilla", {}),
+            alpha_path=d.get("alpha_path", []),
+            config=SearchConfig(**cfg),
+            fallback=d.get("fallback"),
+            timings_s=d.get("timings_s", {}),
+            refusal_ids=d.get("refusal_ids", []),
+            n_prompts=d.get("n_prompts", {}),
+            model=d.get("model", ""),
+        )
+
+
+def _clean(d: dict) -> dict:
+    """Floats rounded, NaN → None (JSON has no NaN)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, float):
+            out[k] = None if math.isnan(v) else round(v, 6)
+        else:
+            out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------- selection
+def retention_scores(rows: Sequence[dict], kind: RetainKind) -> np.ndarray:
+    """The selection's retention objective for evaluated rows (higher is better)."""
+    from .pareto import minmax
+
+    causal = np.array([r["retain_N"] for r in rows], dtype=float)
+    sep = np.array([r["sep_N"] if r.get("sep_N") is not None else np.nan for r in rows], dtype=float)
+    if kind == "causal" or np.isnan(sep).all():
+        return causal
+    if kind == "sep":
+        return sep
+    return 0.5 * (minmax(causal) + minmax(np.nan_to_num(sep, nan=np.nanmin(sep))))
+
+
+def choose(rows: Sequence[dict], alpha: float, kl_max: float, bypass_max: float | None) -> tuple[int, str | None]:
+    """Index into ``rows`` (evaluated candidates with a ``retain`` key) picked by the selection rule.
+
+    Filters are relaxed in order when nothing passes: first ``bypass_max``, then ``kl_max`` (then the
+    smallest KL decides).
+
+    Returns:
+        (index, fallback description or None).
+    """
+    if not rows:
+        raise PaletteError("no candidate was evaluated; nothing to choose from")
+    kl = np.array([r["kl_H"] for r in rows], dtype=float)
+    by = np.array([r["bypass_T"] for r in rows], dtype=float)
+    ok_kl = kl <= kl_max
+    ok_by = np.ones_like(ok_kl) if bypass_max is None else by <= bypass_max
+    for mask, fallback in (
+        (ok_kl & ok_by, None),
+        (ok_kl, f"no candidate with kl_H <= {kl_max} reaches bypass_T <= {bypass_max}; bypass constraint dropped"),
+    ):
+        idx = np.flatnonzero(mask)
+        if len(idx):
+            sub = [rows[i] for i in idx]
+            j = select_tradeoff(
+                np.array([r["bypass_T"] for r in sub]), np.array([r["retain"] for r in sub]), alpha, kl[idx]
+            )
+            return int(idx[j]), fallback
+    best = int(np.nanargmin(kl))
+    return best, f"no candidate has kl_H <= {kl_max}; took the smallest KL ({kl[best]:.3f})"
+
+
+# --------------------------------------------------------------------- the search
+def _even_pick(prompts: Sequence[str], n: int) -> list[str]:
+    return list(prompts)[:n]
+
+
+def search_direction(
+    model: ChatModel,
+    prompts: PromptSet,
+    target: str,
+    *,
+    residuals: Mapping[str, Residuals] | None = None,
+    config: SearchConfig | None = None,
+    refusal_ids: Sequence[int] | None = None,
+    other_domains: Sequence[str] | None = None,
+    progress: bool = True,
+    **options,
+) -> SearchResult:
+    """Find the refusal direction of ``target`` by multi-objective search.
+
+    Args:
+        model: the chat model (never modified; hooks are removed after every pass).
+        prompts: the prompt set (train split for candidates and separability, validation for scores).
+        target: the target (authorized) harmful domain.
+        residuals: train residuals per domain (:func:`collect_domain_residuals`) to reuse across
+            searches; missing domains are collected here.
+        config: settings; keyword ``options`` override single fields (e.g. ``alpha=0.7, top_k=None``).
+        refusal_ids: refusal token set R (default: the tokenizer's refusal-opener tokens).
+        other_domains: non-target harmful domains for ``retain_N`` / ``sep_N`` (default: all others).
+        progress: show progress bars.
+
+    Returns:
+        :class:`SearchResult` (``candidates``, ``pareto``, ``chosen``, ``save(dir)``, ``to_json()``).
+    """
+    cfg = replace(config or SearchConfig(), **options)
+    prompts.check_domain(target)
+    if target == HARMLESS or target not in prompts.harmful_domains:
+        raise DataError(f"the target must be a harmful domain, not {target!r}")
+    others = [d for d in (other_domains if other_domains is not None else prompts.harmful_domains) if d != target]
+    for d in others:
+        prompts.check_domain(d)
+    ids = list(refusal_ids) if refusal_ids is not None else sorted(opener_tokens(model.tokenizer))
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    # 1. residuals and candidates
+    t0 = time.perf_counter()
+    res = collect_domain_residuals(model, prompts, [target, HARMLESS, *others], limit=cfg.n_train, have=residuals)
+    cands = candidates_from_residuals(
+        res[target], res[HARMLESS], target, model.fingerprint, prompts.data_hash([target, HARMLESS])
+    )
+    timings["residuals"] = time.perf_counter() - t0
+
+    # 2. filters
+    n_layers = model.n_layers
+    max_layer = n_layers * (1.0 - cfg.drop_last_frac)
+    keys = list(cands.keys())
+    eligible = [cfg.min_layer <= l < max_layer for l, _ in keys]
+    if not any(eligible):
+        raise PaletteError(f"no candidate layer in [{cfg.min_layer}, {max_layer:.1f}) for a {n_layers}-layer model")
+    units = cands.units().reshape(-1, cands.vectors.shape[-1])
+    norms = cands.norms().reshape(-1)
+    rel_norm = (cands.norms() / cands.harmless_norm.clamp_min(1e-12)).reshape(-1)
+
+    # 3. validation set (vanilla log-probs once) and proxies
+    t0 = time.perf_counter()
+    val_target = _even_pick(prompts.part(target, "val"), cfg.n_val)
+    val_harmless = _even_pick(prompts.part(HARMLESS, "val"), cfg.n_val)
+    val_others = {d: _even_pick(prompts.part(d, "val"), cfg.n_val_other) for d in others}
+    es = build_eval_set(model, val_target, val_others, val_harmless, ids, cfg.batch_size)
+    vanilla = ablation_free_objectives(es)
+    timings["vanilla"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    sep = _separability(res, target, others, cands)
+    proxy = torch.full((len(keys),), float("nan"))
+    if cfg.proxy == "attribution" and cfg.top_k is not None:
+        m = attribution_matrix(model, val_target[: cfg.n_proxy], ids, batch_size=cfg.batch_size)
+        proxy = vanilla["bypass_T"] + attribution_estimates(m, units)
+    elif cfg.proxy == "norm":
+        proxy = -rel_norm
+    timings["proxy"] = time.perf_counter() - t0
+
+    rows: list[dict] = []
+    for i, (l, p) in enumerate(keys):
+        rows.append(
+            {
+                "layer": l,
+                "position": p,
+                "norm": float(norms[i]),
+                "rel_norm": float(rel_norm[i]),
+                "eligible": bool(eligible[i]),
+                "proxy": None if math.isnan(float(proxy[i])) else float(proxy[i]),
+                "sep_N": None if math.isnan(float(sep[i])) else float(sep[i]),
+                "evaluated": False,
+            }
+        )
+
+    # 4. prune and score causally
+    to_eval = _prune(rows, cfg)
+    t0 = time.perf_counter()
+    it = tqdm(to_eval, desc=f"search {target}", disable=not progress, leave=False)
+    for i in it:
+        rows[i].update(ablation_objectives(model, es, units[i], cfg.batch_size))
+        rows[i]["evaluated"] = True
+    timings["causal"] = time.perf_counter() - t0
+
+    # 5. Pareto front and choice
+    evaluated = [r for r in rows if r["evaluated"]]
+    retain = retention_scores(evaluated, cfg.retain)
+    for r, v in zip(evaluated, retain):
+        r["retain"] = float(v)
+    front = pareto_front(
+        np.array([[r["bypass_T"], r["retain"], r["kl_H"]] for r in evaluated]), maximize=[False, True, False]
+    )
+    for k, r in enumerate(evaluated):
+        r["pareto"] = k in front
+    j, fallback = choose(evaluated, cfg.alpha, cfg.kl_max, cfg.bypass_max)
+    if fallback:
+        log.warning("search %s: %s", target, fallback)
+    path = []
+    for a in cfg.alphas:
+        ja, _ = choose(evaluated, float(a), cfg.kl_max, cfg.bypass_max)
+        path.append({"alpha": float(a), "layer": evaluated[ja]["layer"], "position": evaluated[ja]["position"]})
+    best = evaluated[j]
+    timings["total"] = time.perf_counter() - t_all
+    n_prompts = {
+        "train": {d: len(res[d]) for d in [target, HARMLESS, *others]},
+        "val": {"target": len(val_target), "harmless": len(val_harmless), "other": {d: len(v) for d, v in val_others.items()}},
+    }
+    chosen = cands.direction(
+        best["layer"],
+        best["position"],
+        objectives={k: best.get(k) for k in ("bypass_T", "retain_N", "retain_min", "sep_N", "kl_H")},
+        vanilla=vanilla,
+        alpha=cfg.alpha,
+        retain_kind=cfg.retain,
+        fallback=fallback,
+        data_hash_all=prompts.data_hash([target, HARMLESS, *others]),
+        refusal_ids=ids,
+    )
+    log.info(
+        "search %s: chose layer %d position %d (bypass_T %.2f, retain_N %.2f, kl_H %.3f) in %.0f s",
+        target, best["layer"], best["position"], best["bypass_T"], best["retain_N"], best["kl_H"], timings["total"],
+    )
+    return SearchResult(
+        target=target,
+        candidates=rows,
+        pareto=[evaluated[k] for k in front],
+        chosen=chosen,
+        vanilla=vanilla,
+        alpha_path=path,
+        config=cfg,
+        fallback=fallback,
+        timings_s={k: round(v, 2) for k, v in timings.items()},
+        refusal_ids=ids,
+        n_prompts=n_prompts,
+        model=model.name,
+        candidate_set=cands,
+    )
+
+
+def ablation_free_objectives(es: EvalSet) -> dict[str, float]:
+    """Objectives of the unmodified model on the validation set (kl_H is 0 by definition)."""
+    from .scoring import objectives_from_logprobs
+
+    return objectives_from_logprobs(es, es.vanilla)
+
+
+def _separability(res: Mapping[str, Residuals], target: str, others: Sequence[str], cands: Candidates) -> torch.Tensor:
+    """sep_N per candidate (flattened layer-major): AUC of target vs non-target at the input of block l−1."""
+    out = torch.full((len(cands.layers), len(cands.positions)), float("nan"))
+    neg = [res[d].vectors for d in others if len(res[d])]
+    if not neg or len(res[target]) < 2:
+        return out.reshape(-1)
+    auc = mean_diff_auc(res[target].vectors, torch.cat(neg))  # [n_layers_collected, n_positions]
+    layers = list(res[target].layers)
+    for i, l in enumerate(cands.layers):
+        if l - 1 in layers:
+            out[i] = auc[layers.index(l - 1)]
+    return out.reshape(-1)
+
+
+def _prune(rows: list[dict], cfg: SearchConfig) -> list[int]:
+    """Indices of the candidates to score causally: every eligible one, or the best ``top_k`` by proxy."""
+    eligible = [i for i, r in enumerate(rows) if r["eligible"]]
+    if cfg.top_k is None or cfg.top_k >= len(eligible) or cfg.proxy == "none":
+        return eligible
+    from .pareto import minmax
+
+    proxy = np.array([rows[i]["proxy"] for i in eligible], dtype=float)
+    sep = np.array([rows[i]["sep_N"] if rows[i]["sep_N"] is not None else 0.5 for i in eligible], dtype=float)
+    # half by estimated bypass alone (the target must comply), the rest by the selection rule's proxy
+    by_bypass = [eligible[k] for k in np.argsort(proxy, kind="stable")]
+    combined = cfg.alpha * minmax(proxy) - (1 - cfg.alpha) * minmax(sep)
+    by_rule = [eligible[k] for k in np.argsort(combined, kind="stable")]
+    keep: list[int] = []
+    for i in by_bypass[: max(1, cfg.top_k // 2)]:
+        keep.append(i)
+    for i in by_rule:
+        if len(keep) >= cfg.top_k:
+            break
+        if i not in keep:
+            keep.append(i)
+    return sorted(keep)
