@@ -1,0 +1,202 @@
+"""How domains separate in the residual stream, layer by layer: silhouette, linear probes, t-SNE.
+
+Input is per-prompt residuals per domain (:func:`palette_lens.candidates.collect_domain_residuals`). All
+numbers are computed at one post-instruction position; features are standardised per layer (the residual
+stream has a few very large dimensions that would otherwise dominate distances).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .activations import Residuals
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LayerData:
+    """Per-prompt vectors of several domains at one position.
+
+    Attributes:
+        vectors: [n_prompts, n_layers, d_model] float32.
+        labels: domain of each prompt.
+        layers: the layer of each index of axis 1.
+        position: the post-instruction position.
+    """
+
+    vectors: np.ndarray
+    labels: np.ndarray
+    layers: tuple[int, ...]
+    position: int
+
+    @property
+    def domains(self) -> list[str]:
+        return list(dict.fromkeys(self.labels.tolist()))
+
+    def at(self, layer: int, standardize: bool = True) -> np.ndarray:
+        """[n_prompts, d_model] features of ``layer`` (z-scored per feature when ``standardize``)."""
+        x = self.vectors[:, self.layers.index(layer)].astype(np.float64)
+        if standardize:
+            x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+        return x
+
+
+def layer_data(
+    residuals: Mapping[str, Residuals],
+    domains: Sequence[str] | None = None,
+    position: int = -1,
+    layers: Sequence[int] | None = None,
+) -> LayerData:
+    """Stack the residuals of ``domains`` (default: all given) at ``position`` for ``layers``."""
+    domains = list(domains) if domains is not None else list(residuals)
+    first = residuals[domains[0]]
+    layers = tuple(first.layers) if layers is None else tuple(layers)
+    li = [first.layers.index(l) for l in layers]
+    pi = first.positions.index(position)
+    xs, labels = [], []
+    for d in domains:
+        r = residuals[d]
+        if len(r) == 0:
+            continue
+        xs.append(r.vectors[:, li, pi].numpy())
+        labels += [d] * len(r)
+    return LayerData(np.concatenate(xs).astype(np.float32), np.array(labels), layers, position)
+
+
+def _folds(labels: np.ndarray, max_folds: int) -> int:
+    _, counts = np.unique(labels, return_counts=True)
+    return int(max(2, min(max_folds, counts.min())))
+
+
+def probe_accuracy(x: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0, c: float = 0.1) -> float:
+    """Cross-validated accuracy of an L2 logistic-regression probe (stratified folds); NaN if a class has < 2."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    _, counts = np.unique(labels, return_counts=True)
+    if len(counts) < 2 or counts.min() < 2:
+        return float("nan")
+    cv = StratifiedKFold(n_splits=_folds(labels, folds), shuffle=True, random_state=seed)
+    clf = LogisticRegression(C=c, max_iter=300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(cross_val_score(clf, x, labels, cv=cv).mean())
+
+
+def silhouette(x: np.ndarray, labels: np.ndarray, metric: str = "cosine") -> float:
+    """Silhouette score of the domain labels (−1..1; higher: domains form tighter, separate clusters)."""
+    from sklearn.metrics import silhouette_score
+
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(silhouette_score(x, labels, metric=metric))
+
+
+def layer_separation(
+    residuals: Mapping[str, Residuals],
+    target: str | None = None,
+    domains: Sequence[str] | None = None,
+    position: int = -1,
+    layers: Sequence[int] | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
+    """Separation numbers per layer.
+
+    Args:
+        residuals: per-domain residuals (e.g. train prompts of every domain).
+        target: when given, also probe ``target`` vs each other domain (binary, balanced accuracy is not
+            needed: classes are close to equal size).
+        domains: the domains to include (default: all in ``residuals``).
+        position: the post-instruction position.
+        layers: the layers (default: all collected).
+        folds, seed: cross-validation settings.
+
+    Returns:
+        one dict per layer: ``layer``, ``silhouette`` (all domains, cosine), ``probe_all`` (multiclass CV
+        accuracy), ``chance_all``, and with a target ``probe_vs`` ({domain: accuracy}),
+        ``probe_vs_mean``, ``probe_vs_min``.
+    """
+    data = layer_data(residuals, domains, position, layers)
+    _, counts = np.unique(data.labels, return_counts=True)
+    rows = []
+    for layer in tqdm(data.layers, desc="separation", disable=not progress, leave=False):
+        x = data.at(layer)
+        row: dict = {
+            "layer": int(layer),
+            "silhouette": silhouette(x, data.labels),
+            "probe_all": probe_accuracy(x, data.labels, folds, seed),
+            "chance_all": float(counts.max() / counts.sum()),
+        }
+        if target is not None:
+            vs = {}
+            for d in data.domains:
+                if d == target:
+                    continue
+                keep = (data.labels == target) | (data.labels == d)
+                vs[d] = probe_accuracy(x[keep], data.labels[keep], folds, seed)
+            row["probe_vs"] = vs
+            vals = [v for v in vs.values() if not np.isnan(v)]
+            row["probe_vs_mean"] = float(np.mean(vals)) if vals else float("nan")
+            row["probe_vs_min"] = float(np.min(vals)) if vals else float("nan")
+        rows.append(row)
+    return rows
+
+
+@dataclass(frozen=True)
+class Embedding2D:
+    """2-D embeddings of every prompt, per layer.
+
+    Attributes:
+        coords: layer -> [n_prompts, 2].
+        labels: domain of each prompt.
+        position: the post-instruction position.
+        method: "tsne" or "pca".
+    """
+
+    coords: dict[int, np.ndarray]
+    labels: np.ndarray
+    position: int
+    method: str = "tsne"
+
+
+def embed_2d(x: np.ndarray, method: str = "tsne", seed: int = 0, perplexity: float | None = None) -> np.ndarray:
+    """[n, 2] embedding of standardised features: t-SNE (after PCA to ≤ 50 dims) or PCA."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    n = x.shape[0]
+    if n < 3 or float(np.var(x, axis=0).sum()) < 1e-12:  # degenerate (e.g. identical vectors): no layout
+        return np.zeros((n, 2), dtype=np.float32)
+    k = int(min(50, n - 1, x.shape[1]))
+    z = PCA(n_components=k, random_state=seed).fit_transform(x) if k >= 2 else x
+    if method == "pca":
+        return np.asarray(z[:, :2], dtype=np.float32)
+    perp = perplexity if perplexity is not None else float(max(2.0, min(30.0, (n - 1) / 3)))
+    tsne = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed, max_iter=500)
+    return tsne.fit_transform(z).astype(np.float32)
+
+
+def tsne_layers(
+    residuals: Mapping[str, Residuals],
+    layers: Sequence[int] | None = None,
+    domains: Sequence[str] | None = None,
+    position: int = -1,
+    method: str = "tsne",
+    seed: int = 0,
+    progress: bool = True,
+) -> Embedding2D:
+    """t-SNE (or PCA) of per-prompt residuals at ``position`` for each of ``layers``, labels = domains."""
+    data = layer_data(residuals, domains, position, layers)
+    coords = {}
+    for layer in tqdm(data.layers, desc=method, disable=not progress, leave=False):
+        coords[int(layer)] = embed_2d(data.at(layer), method, seed)
+    return Embedding2D(coords, data.labels, position, method)
