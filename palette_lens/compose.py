@@ -1,0 +1,253 @@
+"""Authorization profiles: compose domain adapters by exact weight-delta sums, at run time or merged.
+
+A profile is a set of authorized domains; its model is ``base + Σ_{d ∈ profile} ΔW_d`` (task arithmetic).
+Adapters baked into different blocks touch disjoint weights, so they superpose exactly; adapters on the
+same block add their deltas on the shared modules (:func:`interference` reports how aligned those are).
+
+Two equivalent ways to run a profile (tested to give the same logits):
+
+- :func:`runtime_profile`: a plain copy of the base model with every adapter loaded in peft and all of
+  them active at once (LoRA outputs are summed per module);
+- :func:`merged_profile`: a plain copy with ``W + Σ ΔW`` written into the adapted modules (exact float
+  sums, never peft's approximate ``add_weighted_adapter`` combinations) — no run-time cost.
+
+:func:`export_profile` writes a merged profile as a plain Hugging Face model folder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapters import BakedAdapter, load_adapter, merged_hf_model, plain_hf_model, sum_deltas
+from .errors import PaletteError
+from .models import ChatModel
+
+log = logging.getLogger(__name__)
+
+PROFILE_FILE = "palette_profile.json"
+
+
+# ---------------------------------------------------------------------- profiles
+@dataclass(frozen=True)
+class Profile:
+    """A set of authorized domains, in a fixed order (the order names it: ``"cyber+hate"``)."""
+
+    domains: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.domains:
+            raise PaletteError("a profile needs at least one domain")
+        if len(set(self.domains)) != len(self.domains):
+            raise PaletteError(f"profile {'+'.join(self.domains)!r} repeats a domain")
+
+    @property
+    def name(self) -> str:
+        return "+".join(self.domains)
+
+    @classmethod
+    def parse(cls, text: str) -> Profile:
+        """``"cyber+hate"`` (or ``"cyber,hate"``) → Profile(("cyber", "hate"))."""
+        parts = [p.strip() for p in text.replace(",", "+").split("+") if p.strip()]
+        return cls(tuple(parts))
+
+    def __len__(self) -> int:
+        return len(self.domains)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def default_profiles(domains: Sequence[str], pairs: str = "first") -> list[Profile]:
+    """Each single domain, pairs (``"first"``: the first two domains; ``"all"``: every pair), and the
+    set of the first three domains when there are at least three."""
+    domains = list(domains)
+    out = [Profile((d,)) for d in domains]
+    if len(domains) >= 2:
+        combos = list(itertools.combinations(domains, 2))
+        out += [Profile(c) for c in (combos if pairs == "all" else combos[:1])]
+    if len(domains) >= 3:
+        out.append(Profile(tuple(domains[:3])))
+    return out
+
+
+def profile_adapters(profile: Profile, adapters: Mapping[str, BakedAdapter]) -> list[BakedAdapter]:
+    """The adapters of a profile's domains (raises when one is missing)."""
+    missing = [d for d in profile.domains if d not in adapters]
+    if missing:
+        raise PaletteError(f"profile {profile.name!r} needs adapters for {', '.join(missing)}; have {', '.join(adapters)}")
+    return [adapters[d] for d in profile.domains]
+
+
+# ---------------------------------------------------------------------- composition
+def merged_profile(model: ChatModel, adapters: Sequence[BakedAdapter]) -> Any:
+    """A new plain HF model with ``W + Σ ΔW`` in every adapted module (the caller's model is untouched).
+
+    Unadapted tensors are shared with ``model`` (no memory cost).
+    """
+    return merged_hf_model(model, adapters)
+
+
+def _peft_name(adapter: BakedAdapter, i: int, used: set[str]) -> str:
+    name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in (adapter.domain or f"adapter{i}"))
+    while name in used:
+        name += f"_{i}"
+    used.add(name)
+    return name
+
+
+def runtime_profile(model: ChatModel, adapters: Sequence[BakedAdapter | str | Path]) -> Any:
+    """A peft model on a plain copy of ``model`` with every adapter loaded and all of them active.
+
+    Args:
+        model: the base chat model (not modified; the copy shares its weights, LoRA layers wrap them).
+        adapters: :class:`BakedAdapter` values or adapter folders (PEFT format).
+
+    Returns:
+        a ``peft.PeftModel`` whose forward sums every active adapter's LoRA output per module.
+    """
+    from peft import get_peft_model, set_peft_model_state_dict
+
+    loaded = [a if isinstance(a, BakedAdapter) else load_adapter(a) for a in adapters]
+    if not loaded:
+        raise PaletteError("a runtime profile needs at least one adapter")
+    for a in loaded:
+        a.check_base(model)
+    base = plain_hf_model(model)
+    used: set[str] = set()
+    peft_model = None
+    names = []
+    for i, a in enumerate(loaded):
+        name = _peft_name(a, i, used)
+        names.append(name)
+        config = a.lora_config(None)
+        if peft_model is None:
+            peft_model = get_peft_model(base, config, adapter_name=name)
+        else:
+            peft_model.add_adapter(name, config)
+        result = set_peft_model_state_dict(peft_model, a.peft_state_dict(), adapter_name=name)
+        unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+        if unexpected:
+            raise PaletteError(f"adapter {a.domain!r}: weights did not load ({unexpected[:2]})")
+    assert peft_model is not None
+    peft_model.base_model.set_adapter(names)
+    peft_model.requires_grad_(False)
+    return peft_model.eval()
+
+
+def profile_chat_model(model: ChatModel, adapters: Sequence[BakedAdapter], name: str | None = None) -> ChatModel:
+    """A merged profile wrapped as a new :class:`ChatModel` (hooks, residuals and generation all work)."""
+    from .adapters import apply_adapters
+
+    return apply_adapters(model, adapters, name=name)
+
+
+# ---------------------------------------------------------------------- interference
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.reshape(-1).double(), b.reshape(-1).double()
+    den = a.norm() * b.norm()
+    return float(a @ b / den) if den > 0 else 0.0
+
+
+def interference(adapters: Sequence[BakedAdapter]) -> list[dict]:
+    """Pairwise interference between adapters.
+
+    For each pair: the blocks they sit on, the modules they share, the cosine between their ΔW per shared
+    module and over all shared modules together (0 when they share none: such deltas superpose exactly),
+    and the cosine between their baked directions (when both are known).
+
+    Returns:
+        one dict per pair: ``a``, ``b``, ``blocks``, ``shared_modules``, ``cosine`` (all shared modules
+        together, None when none are shared), ``cosine_by_module``, ``direction_cosine``.
+    """
+    out = []
+    deltas = [a.deltas() for a in adapters]
+    for i, j in itertools.combinations(range(len(adapters)), 2):
+        a, b = adapters[i], adapters[j]
+        shared = sorted(set(deltas[i]) & set(deltas[j]))
+        by_module = {n: _cos(deltas[i][n], deltas[j][n]) for n in shared}
+        overall = None
+        if shared:
+            overall = _cos(torch.cat([deltas[i][n].reshape(-1) for n in shared]),
+                           torch.cat([deltas[j][n].reshape(-1) for n in shared]))
+        dir_cos = None
+        if a.direction is not None and b.direction is not None:
+            dir_cos = _cos(a.direction, b.direction)
+        out.append({
+            "a": a.domain, "b": b.domain, "blocks": [a.layer_index, b.layer_index],
+            "shared_modules": len(shared), "cosine": overall, "cosine_by_module": by_module,
+            "direction_cosine": dir_cos,
+        })
+    return out
+
+
+def leakage_matrix(
+    rates: Mapping[str, Mapping[str, float]], domains: Sequence[str]
+) -> tuple[list[str], list[str], list[list[float | None]]]:
+    """Profile × domain refusal-rate matrix.
+
+    Args:
+        rates: profile (or variant) name → domain → refusal rate.
+        domains: the column order.
+
+    Returns:
+        (row names, column names, matrix with None where a rate is missing).
+    """
+    rows = list(rates)
+    matrix = [[rates[r].get(d) for d in domains] for r in rows]
+    return rows, list(domains), matrix
+
+
+# ---------------------------------------------------------------------- export
+def export_profile(
+    model: ChatModel, adapters: Sequence[BakedAdapter], folder: str | Path, profile: Profile | None = None
+) -> Path:
+    """Write the merged profile as a plain Hugging Face model folder (weights, config, tokenizer).
+
+    The folder loads with ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``
+    and carries ``palette_profile.json`` (domains, base fingerprint, adapter layers). It is built in a
+    temporary sibling folder and moved into place, so a reader never sees a partial export.
+    """
+    folder = Path(folder)
+    profile = profile or Profile(tuple(a.domain for a in adapters))
+    merged = merged_profile(model, adapters)
+    info = {
+        "profile": profile.name,
+        "authorized": list(profile.domains),
+        "base_model": model.name,
+        "base_fingerprint": model.fingerprint,
+        "base_source": model.source,
+        "adapters": [{"domain": a.domain, "block": a.layer_index, "layer": a.layer,
+                      "position": a.meta.get("position")} for a in adapters],
+    }
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    old = None
+    try:
+        if hasattr(merged.config, "quantization_config"):
+            del merged.config.quantization_config
+        merged.save_pretrained(tmp, safe_serialization=True)
+        model.tokenizer.save_pretrained(tmp)
+        (tmp / PROFILE_FILE).write_text(json.dumps(info, indent=1))
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
+            os.rmdir(old)
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+    log.info("exported profile %s to %s", profile.name, folder)
+    return folder
