@@ -249,3 +249,29 @@ def test_bake_rejects_layer_zero_and_other_models(tiny_qwen, tiny_llama, toy_pro
         bake(tiny_qwen, Direction(d.vector, 0, -1, "cyber"), toy_prompts, BakeConfig(steps=1), progress=False)
     with pytest.raises(AdapterMismatchError):
         bake(tiny_llama, d, toy_prompts, BakeConfig(steps=1), progress=False)
+
+
+# ---------------------------------------------------------------------- inspection
+def test_inspection_reports_deltas_projections_and_completions(tiny_qwen, toy_prompts, baked):
+    from palette_lens.inspect_block import inspect_adapter
+
+    direction, result, before = baked
+    ins = inspect_adapter(tiny_qwen, result.adapter, toy_prompts, n_per_domain=4, n_completions=1, max_new_tokens=4)
+    assert {m["name"] for m in ins.modules} == set(result.adapter.module_names)
+    for m in ins.modules:
+        assert m["norm"] > 0 and len(m["singular_values"]) == 8 and m["relative_norm"] > 0
+        assert ("out_share_along_r" in m) == m["name"].endswith(("o_proj", "down_proj"))
+        assert 0 <= m.get("r_in_column_space", 0) <= 1 + 1e-5
+    rows = {r["domain"]: r for r in ins.table}
+    assert set(rows) == set(toy_prompts.domains) and rows["cyber"]["role"] == "target"
+    # the target's projection moves more than the harmless one
+    assert rows["cyber"]["proj_before"] - rows["cyber"]["proj_after"] > abs(
+        rows["harmless"]["proj_before"] - rows["harmless"]["proj_after"])
+    assert len(ins.completions) == len(toy_prompts.domains)
+    assert all(len(c["after"]) <= 160 for c in ins.completions)
+    assert set(ins.figures) == {"deltas", "singular_values", "projections", "refusal_scores"}
+    page = ins._repr_html_()
+    assert "<table>" in page and "plotly" in page.lower()
+    # the model is restored
+    after = tiny_qwen.hf_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -1,0 +1,112 @@
+"""``palette-lens bake``: bake a target domain's refusal direction into a single-block LoRA adapter.
+
+Writes ``DIR/adapters/<domain>/`` (PEFT format + ``palette_meta.json``), ``DIR/adapters/<domain>/bake.json``
+(training history and timings) and, unless ``--no-inspect``, ``inspect.html`` beside it. Without
+``--from-search`` the direction search runs first (its output goes to ``DIR/search.json`` and
+``DIR/directions/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from ..atomic import atomic_write_text
+from ..errors import PaletteError
+from .common import add_data_arguments, add_model_arguments, echo, load_data_from_args, load_model_from_args
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..bake import BakeConfig
+
+    d = BakeConfig()
+    add_model_arguments(parser)
+    add_data_arguments(parser)
+    parser.add_argument("--target", required=True, help="the target (authorized) harmful domain")
+    parser.add_argument("--from-search", default=None, metavar="DIR",
+                        help="a search output folder (search.json + directions/); the search runs when omitted")
+    parser.add_argument("--direction", default=None, metavar="FILE.json",
+                        help="a saved Direction to bake (instead of a search)")
+    parser.add_argument("--out", default=None, help="output folder (default: runs/bake-<target>)")
+    parser.add_argument("--scale", type=float, default=d.scale, help=f"s in h − s·(h·r̂)r̂ (default {d.scale})")
+    parser.add_argument("--target-mode", choices=["neutral", "reinforce"], default=d.target_mode,
+                        help=f"target of non-target prompts (default {d.target_mode})")
+    parser.add_argument("--loss", choices=["cosine", "rel_mse"], default=d.loss, help=f"default {d.loss}")
+    parser.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
+    parser.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
+    parser.add_argument("--rank", type=int, default=d.rank, help=f"LoRA rank (default {d.rank})")
+    parser.add_argument("--alpha", type=float, default=d.alpha, help=f"LoRA alpha (default {d.alpha})")
+    parser.add_argument("--no-inspect", action="store_true", help="skip inspect.html")
+
+
+def _direction(args: argparse.Namespace, model, prompts, out: Path):
+    from ..directions import Direction
+
+    if args.direction:
+        direction = Direction.load(args.direction)
+    elif args.from_search:
+        from ..search import SearchResult
+
+        folder = Path(args.from_search)
+        path = folder / "directions" / f"{args.target}.json"
+        if (folder / "search.json").is_file():
+            direction = SearchResult.load(folder, target=args.target).chosen
+        elif path.is_file():
+            direction = Direction.load(path)
+        else:
+            raise PaletteError(f"{folder} holds no search output for {args.target!r} (no search.json or {path})")
+    else:
+        from ..search import search_direction
+
+        echo(f"no --from-search given: searching a direction for {args.target!r} first")
+        result = search_direction(model, prompts, args.target)
+        result.save(out)
+        direction = result.chosen
+    if direction.domain != args.target:
+        raise PaletteError(f"the direction is for {direction.domain!r}, not for --target {args.target!r}")
+    direction.check_model(model.fingerprint)
+    return direction
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bake import BakeConfig, bake
+
+    prompts = load_data_from_args(args)
+    prompts.check_domain(args.target)
+    if args.target not in prompts.harmful_domains:
+        raise PaletteError(f"the target must be a harmful domain, not {args.target!r}")
+    out = Path(args.out or f"runs/bake-{args.target}")
+    model = load_model_from_args(args)
+    direction = _direction(args, model, prompts, out)
+    config = BakeConfig(
+        scale=args.scale, target_mode=args.target_mode, loss=args.loss, steps=args.steps, lr=args.lr,
+        rank=args.rank, alpha=args.alpha,
+    )
+    result = bake(model, direction, prompts, config)
+    folder = result.adapter.save(out / "adapters" / args.target)
+    report = {
+        "timings_s": result.timings_s,
+        "val": result.val,
+        "baseline_val": result.baseline_val,
+        "history": result.history,
+    }
+    atomic_write_text(folder / "bake.json", json.dumps(report, indent=1))
+    written = [folder]
+    if not args.no_inspect:
+        from ..inspect_block import inspect_adapter
+
+        ins = inspect_adapter(model, result.adapter, prompts)
+        page = "<!doctype html><meta charset='utf-8'><title>palette-lens adapter</title>" + ins.to_html()
+        atomic_write_text(folder / "inspect.html", page)
+        written.append(folder / "inspect.html")
+    v = result.val
+    echo(f"baked {args.target!r} (direction at layer {direction.layer}, position {direction.position}) "
+         f"into block {result.adapter.layer_index} in {result.timings_s['total']:.0f} s")
+    echo(f"  validation, first token: target refusal mass {v['p_target']:.2f} (vanilla {v['p_target_base']:.2f}), "
+         f"other harmful kept {v['retain_mean']:.0%} (worst {v['retain_min']:.0%}), harmless KL {v['kl_harmless']:.3f}")
+    echo("written: " + ", ".join(str(p) for p in written))
+    return 0
