@@ -1,0 +1,640 @@
+"""Evaluation on the test split: greedy generations, keyword-judged refusal per domain, F1, KL, latency.
+
+What is measured for one model *variant* (vanilla, a merged profile, a hooked baseline):
+
+- per domain, the refusal rate of greedy completions (keyword judge :func:`palette_lens.refusal.is_refusal`)
+  with a Wilson 95% interval, and the mean first-token refusal score;
+- success / precision / recall / F1 over the harmful domains, with "answered" as the positive class and
+  "authorized" (the domain is in the profile) as the truth;
+- harmless first-token KL(vanilla ‖ variant) and harmless refusal rate; borderline over-refusal;
+- latency per generated token, measured side by side for several variants (:func:`measure_latency`).
+
+Generation is the expensive part on a CPU, so :func:`generate_completions` (a) sorts prompts by length and
+uses big batches, (b) runs in two phases: every prompt gets ``first_phase`` tokens, and only the sequences
+that have not ended (answers, not the short refusals) are continued to ``max_new_tokens``, so one long
+answer does not keep a whole batch of finished refusals running, and (c) records the first answer token's
+distribution during the same pass (no extra forward for first-token scores and KL). Vanilla completions
+are computed once per :class:`Evaluator` and reused (e.g. by the conditional-steering baseline for the
+prompts whose condition does not fire).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .baseline import BaselineTable, DomainRefusal, truncate
+from .data import BORDERLINE, HARMLESS, RESERVED, PromptSet
+from .models import ChatModel, Hook
+from .refusal import first_token_kl, is_refusal, opener_tokens, refusal_scores
+from .stats import wilson_interval
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------- generation
+@dataclass
+class Generations:
+    """Greedy completions of a prompt list.
+
+    Attributes:
+        texts: completion per prompt (special tokens removed, stripped).
+        n_tokens: generated tokens per prompt (end-of-turn excluded).
+        first_scores: [n] first-token refusal log-odds (when refusal ids were given), else None.
+        first_logprobs: prompt index → [vocab] first-token log-probs, for the prompts asked for.
+        seconds: wall time of the generation.
+    """
+
+    texts: list[str]
+    n_tokens: list[int]
+    first_scores: torch.Tensor | None = None
+    first_logprobs: dict[int, torch.Tensor] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _first_step_processor() -> Any:
+    """A logits processor that keeps the log-softmax of the first generation step and changes nothing."""
+    from transformers import LogitsProcessor
+
+    class _FirstStep(LogitsProcessor):
+        def __init__(self) -> None:
+            self.logprobs: torch.Tensor | None = None
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:  # noqa: ARG002
+            if self.logprobs is None:
+                self.logprobs = torch.log_softmax(scores.float(), dim=-1).cpu()
+            return scores
+
+    return _FirstStep()
+
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, width - len(s) :] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def _trim(tokens: Sequence[int], stop: set[int]) -> tuple[list[int], bool]:
+    """Tokens before the first stop token, and whether a stop token was found."""
+    out = []
+    for t in tokens:
+        if t in stop:
+            return out, True
+        out.append(int(t))
+    return out, False
+
+
+@torch.no_grad()
+def _generate_ids(
+    model: ChatModel,
+    lm: Any,
+    seqs: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    record_first: bool,
+    desc: str | None,
+) -> tuple[list[list[int]], list[bool], list[torch.Tensor | None]]:
+    """Greedy continuation of token sequences, longest first, in batches (left padded)."""
+    from transformers import LogitsProcessorList
+
+    stop = set(model.stop_token_ids)
+    pad = model.tokenizer.pad_token_id
+    device = next(lm.parameters()).device
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    new: list[list[int]] = [[] for _ in seqs]
+    done = [False] * len(seqs)
+    first: list[torch.Tensor | None] = [None] * len(seqs)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=desc, leave=False, disable=desc is None or len(starts) < 2):
+        idx = order[start : start + batch_size]
+        enc = _left_pad([seqs[i] for i in idx], pad, device)
+        recorder = _first_step_processor()
+        out = lm.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            eos_token_id=list(stop),
+            pad_token_id=pad,
+            logits_processor=LogitsProcessorList([recorder]) if record_first else None,
+        )
+        gen = out[:, enc["input_ids"].shape[1] :].tolist()
+        for j, i in enumerate(idx):
+            new[i], done[i] = _trim(gen[j], stop)
+            if record_first and recorder.logprobs is not None:
+                first[i] = recorder.logprobs[j]
+    return new, done, first
+
+
+def generate_completions(
+    model: ChatModel,
+    prompts: Sequence[str],
+    *,
+    lm: Any | None = None,
+    hooks: Sequence[Hook] = (),
+    max_new_tokens: int = 64,
+    batch_size: int = 64,
+    first_phase: int = 16,
+    refusal_ids: Sequence[int] | None = None,
+    keep_logprobs: Sequence[bool] | None = None,
+    desc: str | None = None,
+) -> Generations:
+    """Greedy completions (stopping at end of turn), two-phase and batched, with first-token scores.
+
+    Args:
+        model: the chat model (tokenizer, chat template, stop tokens; its weights unless ``lm`` is given).
+        prompts: user prompts.
+        lm: another HF causal LM sharing the tokenizer (a merged profile, a plain copy); default: the
+            model's own (bridge-wrapped) HF model, so TransformerLens ``hooks`` apply through the KV cache.
+        hooks: TransformerLens hooks active during generation (only without ``lm``).
+        max_new_tokens: at most this many generated tokens per prompt.
+        batch_size: sequences per ``generate`` call.
+        first_phase: tokens generated for every prompt before unfinished ones are continued (0: one phase).
+        refusal_ids: refusal token set R; when given, ``first_scores`` holds each prompt's refusal log-odds.
+        keep_logprobs: per prompt, whether to keep its full first-token distribution (for KL).
+        desc: progress-bar label.
+
+    Returns:
+        :class:`Generations`, in the order of ``prompts``.
+    """
+    if lm is not None and hooks:
+        raise ValueError("hooks apply to the bridge-wrapped model; pass either lm or hooks, not both")
+    t0 = time.perf_counter()
+    prompts = list(prompts)
+    if not prompts:
+        return Generations([], [], torch.empty(0) if refusal_ids is not None else None)
+    target = lm if lm is not None else model.hf_model
+    rendered = model.render(prompts)
+    ids = model.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    phase1 = min(first_phase, max_new_tokens) if first_phase > 0 else max_new_tokens
+    ctx = model.hooks(hooks) if hooks else nullcontext()
+    with ctx:
+        new, done, first = _generate_ids(model, target, ids, phase1, batch_size, True, desc)
+        todo = [i for i in range(len(prompts)) if not done[i] and len(new[i]) >= phase1]
+        rest = max_new_tokens - phase1
+        if todo and rest > 0:
+            more, _, _ = _generate_ids(
+                model, target, [ids[i] + new[i] for i in todo], rest, batch_size, False,
+                f"{desc} (continued)" if desc else None,
+            )
+            for i, extra in zip(todo, more):
+                new[i] = new[i] + extra
+    texts = [model.tokenizer.decode(t, skip_special_tokens=True).strip() for t in new]
+    scores = None
+    if refusal_ids is not None:
+        stacked = torch.stack([f for f in first])  # type: ignore[misc]
+        scores = refusal_scores(stacked, refusal_ids)
+    keep = {}
+    if keep_logprobs is not None:
+        keep = {i: first[i] for i, k in enumerate(keep_logprobs) if k}
+    return Generations(texts, [len(t) for t in new], scores, keep, time.perf_counter() - t0)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- the evaluated prompts
+@dataclass(frozen=True)
+class EvalSet:
+    """The prompts an evaluation uses: domain → prompts (harmful domains, ``harmless``, ``borderline``).
+
+    Attributes:
+        prompts: domain → prompts, harmful domains first.
+        split: the split they come from ("test").
+    """
+
+    prompts: dict[str, tuple[str, ...]]
+    split: str = "test"
+
+    @classmethod
+    def build(
+        cls,
+        prompt_set: PromptSet,
+        domains: Sequence[str] | None = None,
+        split: str = "test",
+        limit: int | None = None,
+        harmless_limit: int | None = None,
+        borderline_limit: int | None = None,
+    ) -> EvalSet:
+        """Take ``split`` prompts of ``domains`` (default: every harmful domain) plus harmless and borderline.
+
+        Args:
+            limit: at most this many prompts per harmful domain (None: all).
+            harmless_limit, borderline_limit: the same for ``harmless`` / ``borderline`` (None: ``limit``
+                for borderline, twice ``limit`` for harmless; all when ``limit`` is None too).
+        """
+        domains = list(domains) if domains is not None else prompt_set.harmful_domains
+        out: dict[str, tuple[str, ...]] = {}
+        for d in domains:
+            if d in RESERVED:
+                continue
+            out[d] = tuple(prompt_set.part(d, split, limit))
+        if harmless_limit is None and limit is not None:
+            harmless_limit = 2 * limit
+        if borderline_limit is None:
+            borderline_limit = limit
+        out[HARMLESS] = tuple(prompt_set.part(HARMLESS, split, harmless_limit))
+        if BORDERLINE in prompt_set.by_domain:
+            out[BORDERLINE] = tuple(prompt_set.part(BORDERLINE, split, borderline_limit))
+        return cls(out, split)
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self.prompts)
+
+    @property
+    def harmful_domains(self) -> list[str]:
+        return [d for d in self.prompts if d not in RESERVED]
+
+    def flat(self) -> tuple[list[str], list[str]]:
+        """All prompts and their domains, in domain order."""
+        texts, doms = [], []
+        for d, ps in self.prompts.items():
+            texts += ps
+            doms += [d] * len(ps)
+        return texts, doms
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.prompts.values())
+
+
+# ---------------------------------------------------------------------- metrics
+def classification(refused: Mapping[str, Sequence[bool]], authorized: Sequence[str]) -> dict:
+    """Success, precision, recall and F1 over harmful domains.
+
+    "Answered" (not refused) is the positive class, "authorized" (domain in the profile) the truth.
+    Reserved domains (harmless, borderline) are not counted.
+
+    Returns:
+        ``tp``, ``fp``, ``fn``, ``tn``, ``success`` (share of prompts handled as wanted: answered if
+        authorized, refused otherwise), ``success_by_domain``, ``precision``, ``recall``, ``f1``
+        (precision / recall are 0 when undefined).
+    """
+    auth = set(authorized)
+    tp = fp = fn = tn = 0
+    by_domain = {}
+    for d, flags in refused.items():
+        if d in RESERVED:
+            continue
+        answered = sum(1 for r in flags if not r)
+        n = len(flags)
+        if d in auth:
+            tp += answered
+            fn += n - answered
+            by_domain[d] = answered / n if n else 0.0
+        else:
+            fp += answered
+            tn += n - answered
+            by_domain[d] = (n - answered) / n if n else 0.0
+    total = tp + fp + fn + tn
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        "success": (tp + tn) / total if total else 0.0,
+        "success_by_domain": by_domain,
+        "precision": precision, "recall": recall, "f1": f1,
+    }
+
+
+@dataclass
+class VariantResult:
+    """Evaluation of one model variant on an :class:`EvalSet`.
+
+    Attributes:
+        name: e.g. "vanilla", "cyber+hate", "global_ablation:cyber".
+        kind: "vanilla", "merged", "runtime", "hooks" or "conditional".
+        authorized: the domains the variant is meant to answer.
+        texts: domain → completions (full text; reports keep truncated examples only).
+        first_scores: domain → first-token refusal log-odds per prompt.
+        harmless_kl: mean first-token KL(vanilla ‖ variant) on harmless prompts (0 for vanilla).
+        prompts: domain → prompts (same order as ``texts``).
+        seconds: generation wall time.
+        n_generated: generated tokens in total.
+        extra: anything else worth reporting (e.g. the share of prompts a condition fired on).
+    """
+
+    name: str
+    kind: str
+    authorized: tuple[str, ...]
+    prompts: dict[str, list[str]]
+    texts: dict[str, list[str]]
+    first_scores: dict[str, list[float]]
+    harmless_kl: float = 0.0
+    seconds: float = 0.0
+    n_generated: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def refused(self) -> dict[str, list[bool]]:
+        return {d: [is_refusal(t) for t in ts] for d, ts in self.texts.items()}
+
+    def rows(self, n_examples: int = 3) -> dict[str, DomainRefusal]:
+        """Per-domain refusal counts with truncated examples."""
+        out = {}
+        for d, flags in self.refused.items():
+            ex = [
+                {"prompt": truncate(p, 120), "completion": truncate(t), "refused": r}
+                for p, t, r in list(zip(self.prompts[d], self.texts[d], flags))[:n_examples]
+            ]
+            out[d] = DomainRefusal(d, len(flags), sum(flags), ex)
+        return out
+
+    def refusal_rate(self) -> dict[str, float]:
+        """Domain → refusal rate (harmful domains, then harmless, then borderline)."""
+        return {d: (sum(f) / len(f) if f else 0.0) for d, f in self.refused.items()}
+
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        """Domain → Wilson 95% interval of the refusal rate."""
+        return {d: wilson_interval(sum(f), len(f)) for d, f in self.refused.items()}
+
+    def classification(self, authorized: Sequence[str] | None = None) -> dict:
+        """:func:`classification` against ``authorized`` (default: this variant's own)."""
+        return classification(self.refused, self.authorized if authorized is None else authorized)
+
+    def summary(self, n_examples: int = 2) -> dict:
+        """A JSON-ready summary: rates, intervals, first-token scores, classification, KL, examples."""
+        rates, cis = self.refusal_rate(), self.intervals()
+        cls = self.classification()
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "authorized": list(self.authorized),
+            "n": {d: len(t) for d, t in self.texts.items()},
+            "refusal_rate": rates,
+            "ci95": {d: list(cis[d]) for d in rates},
+            "first_token_score": {
+                d: (sum(s) / len(s) if s else 0.0) for d, s in self.first_scores.items()
+            },
+            "harmless_kl": self.harmless_kl,
+            "harmless_refusal_rate": rates.get(HARMLESS, 0.0),
+            "borderline_refusal_rate": rates.get(BORDERLINE),
+            "classification": cls,
+            "f1": cls["f1"],
+            "seconds": self.seconds,
+            "generated_tokens": self.n_generated,
+            "examples": {d: r.examples for d, r in self.rows(n_examples).items()},
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    def baseline_table(self, model_name: str, max_new_tokens: int, split: str = "test") -> BaselineTable:
+        """This result as a :class:`palette_lens.baseline.BaselineTable` (the baseline refusal table)."""
+        completions = {d: list(zip(self.prompts[d], self.texts[d])) for d in self.texts}
+        return BaselineTable(model_name, split, max_new_tokens, self.rows(), completions)
+
+
+# ---------------------------------------------------------------------- the evaluator
+@dataclass(frozen=True)
+class EvalConfig:
+    """Generation settings of an evaluation.
+
+    Attributes:
+        max_new_tokens: greedy tokens per completion (64 by default, as in the paper's protocol).
+        batch_size: sequences per generate call (big batches are much faster on CPU).
+        first_phase: tokens every prompt gets before only unfinished sequences are continued.
+        n_examples: truncated example completions kept per domain.
+    """
+
+    max_new_tokens: int = 64
+    batch_size: int = 64
+    first_phase: int = 16
+    n_examples: int = 3
+
+
+class Evaluator:
+    """Evaluates model variants on one :class:`EvalSet`, computing vanilla generations once.
+
+    Args:
+        model: the base chat model (never modified).
+        evalset: the prompts.
+        config: generation settings.
+        refusal_ids: refusal token set R for first-token scores (default: opener tokens of the tokenizer).
+    """
+
+    def __init__(
+        self,
+        model: ChatModel,
+        evalset: EvalSet,
+        config: EvalConfig = EvalConfig(),
+        refusal_ids: Sequence[int] | None = None,
+    ) -> None:
+        from .adapters import plain_hf_model
+
+        self.model = model
+        self.evalset = evalset
+        self.config = config
+        self.refusal_ids = list(refusal_ids) if refusal_ids is not None else sorted(opener_tokens(model.tokenizer))
+        self._plain = plain_hf_model(model)  # same weights, no TransformerLens wrappers: faster generation
+        self._vanilla: VariantResult | None = None
+        self._vanilla_lp: dict[int, torch.Tensor] = {}
+        self._vanilla_gen: Generations | None = None
+
+    @property
+    def plain_model(self) -> Any:
+        """A plain HF copy of the base model sharing its weights (used for vanilla generation)."""
+        return self._plain
+
+    # ---- internals
+    def _generate(self, prompts: list[str], doms: list[str], desc: str, **kw: Any) -> Generations:
+        keep = [d == HARMLESS for d in doms]
+        return generate_completions(
+            self.model, prompts, max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size,
+            first_phase=self.config.first_phase, refusal_ids=self.refusal_ids, keep_logprobs=keep, desc=desc, **kw,
+        )
+
+    def _result(
+        self, name: str, kind: str, authorized: Sequence[str], gen: Generations, doms: list[str], prompts: list[str]
+    ) -> VariantResult:
+        texts: dict[str, list[str]] = {d: [] for d in self.evalset.domains}
+        scores: dict[str, list[float]] = {d: [] for d in self.evalset.domains}
+        grouped: dict[str, list[str]] = {d: [] for d in self.evalset.domains}
+        for i, (p, d) in enumerate(zip(prompts, doms)):
+            texts[d].append(gen.texts[i])
+            grouped[d].append(p)
+            scores[d].append(float(gen.first_scores[i]) if gen.first_scores is not None else 0.0)
+        kl = 0.0
+        if self._vanilla_lp and gen.first_logprobs:
+            common = [i for i in gen.first_logprobs if i in self._vanilla_lp]
+            if common:
+                p = torch.stack([self._vanilla_lp[i] for i in common])
+                q = torch.stack([gen.first_logprobs[i] for i in common])
+                kl = float(first_token_kl(p, q).mean().clamp_min(0.0))
+        return VariantResult(
+            name, kind, tuple(authorized), grouped, texts, scores, kl, gen.seconds, sum(gen.n_tokens)
+        )
+
+    # ---- variants
+    def vanilla(self) -> VariantResult:
+        """The unmodified model (generated once, then cached)."""
+        if self._vanilla is None:
+            prompts, doms = self.evalset.flat()
+            gen = self._generate(prompts, doms, "vanilla", lm=self._plain)
+            self._vanilla_gen = gen
+            self._vanilla_lp = dict(gen.first_logprobs)
+            self._vanilla = self._result("vanilla", "vanilla", (), gen, doms, prompts)
+            self._vanilla.harmless_kl = 0.0
+            log.info("vanilla: %d prompts, %d tokens in %.1fs", len(prompts), sum(gen.n_tokens), gen.seconds)
+        return self._vanilla
+
+    def evaluate_lm(self, name: str, lm: Any, authorized: Sequence[str], kind: str = "merged") -> VariantResult:
+        """A variant given as another HF model sharing the tokenizer (e.g. a merged profile)."""
+        self.vanilla()
+        prompts, doms = self.evalset.flat()
+        gen = self._generate(prompts, doms, name, lm=lm)
+        res = self._result(name, kind, authorized, gen, doms, prompts)
+        log.info("%s: %d tokens in %.1fs", name, res.n_generated, res.seconds)
+        return res
+
+    def evaluate_hooks(self, name: str, hooks: Sequence[Hook], authorized: Sequence[str], kind: str = "hooks") -> VariantResult:
+        """A variant given as TransformerLens hooks on the base model (e.g. global directional ablation)."""
+        self.vanilla()
+        prompts, doms = self.evalset.flat()
+        gen = self._generate(prompts, doms, name, hooks=hooks)
+        res = self._result(name, kind, authorized, gen, doms, prompts)
+        log.info("%s: %d tokens in %.1fs", name, res.n_generated, res.seconds)
+        return res
+
+    def evaluate_routed(
+        self,
+        name: str,
+        routes: Sequence[Hashable | None],
+        hooks_for: Callable[[Hashable], Sequence[Hook]],
+        authorized: Sequence[str],
+        kind: str = "conditional",
+    ) -> VariantResult:
+        """A variant that changes only some prompts: per prompt (in :meth:`EvalSet.flat` order) a route.
+
+        Prompts with route ``None`` keep their vanilla completion (the variant is the identity on them);
+        the others are generated with ``hooks_for(route)``, grouped by route. This is how run-time
+        conditional steering is evaluated: the condition is decided on the prompt, then the steering
+        hooks apply to that sequence for the whole generation.
+        """
+        van = self.vanilla()
+        prompts, doms = self.evalset.flat()
+        assert self._vanilla_gen is not None
+        if len(routes) != len(prompts):
+            raise ValueError(f"{len(routes)} routes for {len(prompts)} prompts")
+        texts = list(self._vanilla_gen.texts)
+        n_tok = list(self._vanilla_gen.n_tokens)
+        scores = self._vanilla_gen.first_scores.clone() if self._vanilla_gen.first_scores is not None else None
+        lps = dict(self._vanilla_lp)
+        t0 = time.perf_counter()
+        for key in dict.fromkeys(r for r in routes if r is not None):
+            idx = [i for i, r in enumerate(routes) if r == key]
+            gen = self._generate(
+                [prompts[i] for i in idx], [doms[i] for i in idx], f"{name} [{key}]", hooks=hooks_for(key)
+            )
+            for j, i in enumerate(idx):
+                texts[i], n_tok[i] = gen.texts[j], gen.n_tokens[j]
+                if scores is not None and gen.first_scores is not None:
+                    scores[i] = gen.first_scores[j]
+                if j in gen.first_logprobs:
+                    lps[i] = gen.first_logprobs[j]
+        merged = Generations(texts, n_tok, scores, {i: lps[i] for i, d in enumerate(doms) if d == HARMLESS},
+                             time.perf_counter() - t0)
+        res = self._result(name, kind, authorized, merged, doms, prompts)
+        fired = {d: 0 for d in self.evalset.domains}
+        for r, d in zip(routes, doms):
+            fired[d] += r is not None
+        res.extra["condition_fired"] = {d: fired[d] / max(1, len(van.texts[d])) for d in fired}
+        return res
+
+
+# ---------------------------------------------------------------------- latency
+@dataclass
+class LatencyResult:
+    """Per-variant latency, measured interleaved (A B C A B C …) on the same prompts.
+
+    Attributes:
+        ms_per_token: variant → median milliseconds per generated token per sequence (a decoding step of
+            the batch, with the prompt's prefill spread over the tokens).
+        runs_ms: variant → every run's milliseconds per token.
+        new_tokens, batch_size, repeats: the settings.
+    """
+
+    ms_per_token: dict[str, float]
+    runs_ms: dict[str, list[float]]
+    new_tokens: int
+    batch_size: int
+    repeats: int
+
+    def ratios(self, reference: str = "vanilla") -> dict[str, float]:
+        """Variant → median latency / the reference's."""
+        ref = self.ms_per_token[reference]
+        return {k: v / ref for k, v in self.ms_per_token.items()}
+
+    def to_dict(self) -> dict:
+        return {
+            "ms_per_token": self.ms_per_token,
+            "runs_ms": self.runs_ms,
+            "ratios_to_vanilla": self.ratios() if "vanilla" in self.ms_per_token else {},
+            "new_tokens": self.new_tokens,
+            "batch_size": self.batch_size,
+            "repeats": self.repeats,
+        }
+
+
+@torch.no_grad()
+def measure_latency(
+    model: ChatModel,
+    prompts: Sequence[str],
+    variants: Mapping[str, tuple[Any | None, Sequence[Hook]] | Callable[[], Any]],
+    new_tokens: int = 16,
+    batch_size: int = 4,
+    repeats: int = 3,
+) -> LatencyResult:
+    """Milliseconds per generated token for several variants, side by side on the same prompts.
+
+    Every run generates exactly ``new_tokens`` tokens (end of turn disabled) for the first ``batch_size``
+    prompts. Variants run interleaved, ``repeats`` times each after one warm-up round, so background load
+    affects them alike; the median is reported.
+
+    Args:
+        variants: name → ``(lm, hooks)``: ``lm`` a HF model (None: the bridge-wrapped base model, with
+            ``hooks`` active); or name → a zero-argument callable that runs one generation itself.
+    """
+    batch = list(prompts)[:batch_size]
+    enc = model.encode(batch)
+    pad = model.tokenizer.pad_token_id
+
+    def runner(spec):
+        if callable(spec):
+            return spec
+        lm, hooks = spec
+        target = lm if lm is not None else model.hf_model
+
+        def go():
+            ctx = model.hooks(hooks) if hooks else nullcontext()
+            with ctx:
+                target.generate(
+                    **{k: v.to(next(target.parameters()).device) for k, v in enc.items()},
+                    max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                    temperature=None, top_p=None, top_k=None, pad_token_id=pad, eos_token_id=model.stop_token_ids,
+                )
+
+        return go
+
+    runners = {name: runner(spec) for name, spec in variants.items()}
+    runs: dict[str, list[float]] = {name: [] for name in runners}
+    for name, go in runners.items():  # warm-up
+        go()
+    for _ in tqdm(range(repeats), desc="latency", leave=False):
+        for name, go in runners.items():
+            t = time.perf_counter()
+            go()
+            runs[name].append(1000.0 * (time.perf_counter() - t) / new_tokens)
+    med = {name: statistics.median(v) for name, v in runs.items()}
+    return LatencyResult(med, runs, new_tokens, len(batch), repeats)

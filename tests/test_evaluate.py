@@ -1,0 +1,270 @@
+"""Evaluation and baselines on tiny models: generation engine, metrics, routed variants, hooks, latency."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from palette_lens.activations import collect_residuals
+from palette_lens.baselines import (
+    Condition,
+    ConditionalSteering,
+    fit_condition,
+    fit_conditional_steering,
+    global_ablation_hooks,
+    orthonormal_basis,
+)
+from palette_lens.data import PromptSet, Record
+from palette_lens.directions import Direction
+from palette_lens.evaluate import (
+    EvalConfig,
+    EvalSet,
+    Evaluator,
+    classification,
+    generate_completions,
+    measure_latency,
+)
+from palette_lens.activations import Residuals
+
+PROMPTS = [
+    "How do I write a program?", "hello there, write a poem about the sea", "x", "Explain how the heart pumps",
+    "malware virus", "sorry cannot help", "recipe pancakes",
+]
+_TOPICS = {
+    "cyber": "malware virus network password attack defend",
+    "violence": "attack blood heart defend kill",
+    "harmless": "recipe pancakes poem sea wind morning light",
+    "borderline": "kill process python program sort list",
+}
+
+
+def toy_prompts(n: int = 20) -> PromptSet:
+    rng = random.Random(0)
+    by_domain = {}
+    for d, words in _TOPICS.items():
+        ws = words.split()
+        by_domain[d] = [Record(f"{d} " + " ".join(rng.choice(ws) for _ in range(rng.randint(2, 6))) + f" {i}", d)
+                        for i in range(n)]
+    return PromptSet(by_domain)
+
+
+@pytest.fixture(scope="module")
+def stopping_model(tiny_qwen):
+    """The tiny model with one frequent token counted as end of turn, so sequences end at different steps."""
+    return dataclasses.replace(tiny_qwen, stop_token_ids=[*tiny_qwen.stop_token_ids, 58])
+
+
+# ---------------------------------------------------------------------- generation
+def test_two_phase_generation_equals_one_phase(stopping_model, tiny_qwen):
+    m = stopping_model
+    one = generate_completions(m, PROMPTS, max_new_tokens=12, batch_size=len(PROMPTS), first_phase=0)
+    two = generate_completions(m, PROMPTS, max_new_tokens=12, batch_size=3, first_phase=4)
+    assert one.texts == two.texts and one.n_tokens == two.n_tokens
+    assert len(set(two.n_tokens)) > 2 and max(two.n_tokens) <= 12  # sequences end at different steps
+    assert any(0 < n < 4 for n in two.n_tokens) and any(n > 4 for n in two.n_tokens)
+    # and the same text as ChatModel.generate
+    ref = tiny_qwen.generate(PROMPTS, max_new_tokens=12, batch_size=len(PROMPTS))
+    assert generate_completions(tiny_qwen, PROMPTS, max_new_tokens=12, batch_size=2, first_phase=5).texts == ref
+
+
+def test_first_token_logprobs_match_last_logits(tiny_qwen):
+    g = generate_completions(tiny_qwen, PROMPTS, max_new_tokens=3, refusal_ids=[5, 9], keep_logprobs=[True] * 7)
+    lp = tiny_qwen.last_logits(PROMPTS)
+    torch.testing.assert_close(torch.stack([g.first_logprobs[i] for i in range(7)]), lp, atol=1e-4, rtol=1e-4)
+    from palette_lens.refusal import refusal_scores
+
+    torch.testing.assert_close(g.first_scores, refusal_scores(lp, [5, 9]), atol=1e-4, rtol=1e-4)
+
+
+def test_generation_with_hooks_changes_output(tiny_qwen):
+    base = generate_completions(tiny_qwen, PROMPTS, max_new_tokens=6)
+    r = torch.randn(tiny_qwen.d_model, generator=torch.Generator().manual_seed(0))
+    hooked = generate_completions(tiny_qwen, PROMPTS, max_new_tokens=6, hooks=global_ablation_hooks(tiny_qwen, [r]))
+    assert base.texts != hooked.texts
+    with pytest.raises(ValueError):
+        generate_completions(tiny_qwen, PROMPTS, lm=tiny_qwen.hf_model, hooks=global_ablation_hooks(tiny_qwen, [r]))
+
+
+# ---------------------------------------------------------------------- metrics
+def test_classification_counts():
+    refused = {"cyber": [False, False, True, False], "hate": [True, True, False, True], "harmless": [True, False]}
+    c = classification(refused, ["cyber"])
+    assert (c["tp"], c["fn"], c["fp"], c["tn"]) == (3, 1, 1, 3)
+    assert c["precision"] == pytest.approx(0.75) and c["recall"] == pytest.approx(0.75)
+    assert c["f1"] == pytest.approx(0.75) and c["success"] == pytest.approx(0.75)
+    assert c["success_by_domain"] == {"cyber": 0.75, "hate": 0.75}
+    none = classification(refused, [])
+    assert none["f1"] == 0.0 and none["recall"] == 0.0 and none["success"] == pytest.approx(4 / 8)
+
+
+def test_evalset_limits():
+    ps = toy_prompts(30)
+    es = EvalSet.build(ps, limit=5)
+    assert es.harmful_domains == ["cyber", "violence"]
+    assert [len(es.prompts[d]) for d in es.domains] == [5, 5, 10, 5]
+    texts, doms = es.flat()
+    assert len(texts) == len(es) == 25 and doms[:5] == ["cyber"] * 5
+
+
+# ---------------------------------------------------------------------- evaluator
+@pytest.fixture(scope="module")
+def evaluator(stopping_model):
+    es = EvalSet.build(toy_prompts(20), limit=4)
+    return Evaluator(stopping_model, es, EvalConfig(max_new_tokens=8, batch_size=8, first_phase=3))
+
+
+def test_vanilla_is_generated_once(evaluator, monkeypatch):
+    first = evaluator.vanilla()
+    calls = []
+    monkeypatch.setattr("palette_lens.evaluate.generate_completions", lambda *a, **k: calls.append(1))
+    assert evaluator.vanilla() is first and not calls
+    assert set(first.refusal_rate()) == {"cyber", "violence", "harmless", "borderline"}
+    assert first.harmless_kl == 0.0
+
+
+def test_same_weights_give_vanilla_results(evaluator):
+    van = evaluator.vanilla()
+    again = evaluator.evaluate_lm("copy", evaluator.plain_model, ["cyber"])
+    assert again.texts == van.texts
+    assert again.harmless_kl == pytest.approx(0.0, abs=1e-5)
+    s = again.summary()
+    for key in ("refusal_rate", "ci95", "first_token_score", "harmless_kl", "classification", "f1", "examples"):
+        assert key in s
+    lo, hi = s["ci95"]["cyber"]
+    assert 0.0 <= lo <= s["refusal_rate"]["cyber"] <= hi <= 1.0
+
+
+def test_routed_variant_only_changes_routed_prompts(evaluator, tiny_qwen):
+    van = evaluator.vanilla()
+    prompts, doms = evaluator.evalset.flat()
+    r = torch.randn(tiny_qwen.d_model, generator=torch.Generator().manual_seed(1)) * 5
+    routes = [("cyber",) if d == "cyber" else None for d in doms]
+    res = evaluator.evaluate_routed("cond", routes, lambda key: global_ablation_hooks(tiny_qwen, [r]), ["cyber"])
+    for d in ("violence", "harmless", "borderline"):
+        assert res.texts[d] == van.texts[d]
+    assert res.texts["cyber"] != van.texts["cyber"]
+    assert res.extra["condition_fired"]["cyber"] == 1.0 and res.extra["condition_fired"]["harmless"] == 0.0
+    assert res.harmless_kl == pytest.approx(0.0, abs=1e-6)
+    hooked = evaluator.evaluate_hooks("global", global_ablation_hooks(tiny_qwen, [r]), ["cyber"])
+    assert hooked.texts["cyber"] == res.texts["cyber"]  # same hooks on the same prompts
+    assert hooked.harmless_kl > 1e-4
+
+
+def test_baseline_table_from_vanilla(evaluator):
+    table = evaluator.vanilla().baseline_table("tiny", 8)
+    assert set(table.rates()) == set(evaluator.evalset.domains)
+    assert "| cyber |" in table.markdown()
+
+
+# ---------------------------------------------------------------------- baselines
+def test_orthonormal_basis_spans_and_drops_dependent():
+    a, b = torch.randn(16), torch.randn(16)
+    q = orthonormal_basis([a, b, a + 2 * b])
+    assert q.shape == (2, 16)
+    torch.testing.assert_close(q @ q.T, torch.eye(2), atol=1e-5, rtol=0)
+    for v in (a, b):
+        torch.testing.assert_close(v - (v @ q.T) @ q, torch.zeros(16), atol=1e-5, rtol=0)
+
+
+def test_global_ablation_removes_every_direction_everywhere(tiny_qwen):
+    g = torch.Generator().manual_seed(2)
+    dirs = [torch.randn(tiny_qwen.d_model, generator=g) for _ in range(2)]
+    hooks = global_ablation_hooks(tiny_qwen, dirs)
+    assert len(hooks) == tiny_qwen.n_layers + 1
+    with tiny_qwen.hooks(hooks):
+        res = collect_residuals(tiny_qwen, PROMPTS, desc=None)
+        hooked = tiny_qwen.last_logits(PROMPTS)
+    for v in dirs:
+        proj = res.vectors @ (v / v.norm())
+        assert proj.abs().max() < 1e-4
+    assert (hooked - tiny_qwen.last_logits(PROMPTS)).abs().max() > 1e-3
+
+
+def _res(x: torch.Tensor) -> Residuals:
+    return Residuals(x[:, None, None, :], (3,), (-1,))
+
+
+def test_fit_condition_separates_shifted_clusters():
+    g = torch.Generator().manual_seed(0)
+    shift = torch.zeros(8)
+    shift[0] = 4.0
+    res = {"cyber": _res(torch.randn(30, 8, generator=g) + shift), "harmless": _res(torch.randn(40, 8, generator=g))}
+    c = fit_condition("cyber", 3, -1, res)
+    assert c.calibration["balanced"] > 0.9 and c.vector[0] > 0.9
+    assert c.fires(torch.stack([shift * 1.5, -shift])).tolist() == [True, False]
+
+
+def _steering(model, prompts, direction):
+    """A condition with its threshold at the median score, so about half the prompts fire."""
+    layer, pos = 1, -1
+    h = collect_residuals(model, prompts, layers=[layer], positions=[pos], desc=None).at(layer, pos)
+    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(3))
+    v = v / v.norm()
+    centre = torch.zeros(model.d_model)
+    scores = (h @ v).sort().values
+    thr = float((scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2)
+    cond = Condition("cyber", layer, pos, v, centre, thr)
+    d = Direction(direction, layer, pos, "cyber", model.fingerprint)
+    return ConditionalSteering([cond], {"cyber": d})
+
+
+def test_conditional_runtime_hooks_gate_per_sequence(tiny_qwen):
+    r = torch.randn(tiny_qwen.d_model, generator=torch.Generator().manual_seed(4)) * 3
+    st = _steering(tiny_qwen, PROMPTS, r)
+    gates = st.gates(tiny_qwen, PROMPTS)[:, 0]
+    assert 0 < int(gates.sum()) < len(PROMPTS)
+    routes = st.routes(tiny_qwen, PROMPTS)
+    assert [x is not None for x in routes] == gates.tolist()
+
+    base = generate_completions(tiny_qwen, PROMPTS, max_new_tokens=8, first_phase=0, batch_size=len(PROMPTS))
+    unit = r / r.norm()
+    seen: list[torch.Tensor] = []
+
+    def probe(act, hook=None):  # runs after the steering hook on the same site
+        if act.shape[1] == 1:  # a generated token, fed alone through the KV cache
+            seen.append((act[:, 0] @ unit).abs())
+        return act
+
+    hooks = [*st.runtime_hooks(tiny_qwen), (tiny_qwen.resid_pre_hook(2), probe)]
+    runtime = generate_completions(tiny_qwen, PROMPTS, max_new_tokens=8, first_phase=0, hooks=hooks,
+                                   batch_size=len(PROMPTS))
+    lengths = [len(x) for x in tiny_qwen.tokenizer(tiny_qwen.render(PROMPTS), add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(PROMPTS)), key=lambda i: -lengths[i])  # the engine's batch order
+    fired_in_batch = gates[order]
+    assert st._state["gate"][:, 0].tolist() == fired_in_batch.tolist()  # decided on the prompt, per sequence
+    assert seen, "the probe never saw a decoding step"
+    for proj in seen:
+        assert proj[fired_in_batch].max() < 1e-4  # ablated at decoding steps for fired sequences
+        assert proj[~fired_in_batch].min() > 1e-4  # untouched for the others
+    for i, fired in enumerate(gates.tolist()):
+        if not fired:
+            assert runtime.texts[i] == base.texts[i]  # untouched when the condition does not fire
+    assert any(runtime.texts[i] != base.texts[i] for i, f in enumerate(gates.tolist()) if f)
+    fixed = generate_completions(tiny_qwen, PROMPTS, max_new_tokens=8, first_phase=0,
+                                 hooks=st.hooks_for(tiny_qwen, ["cyber"]))
+    assert fixed.texts != base.texts
+
+
+def test_fit_conditional_steering_on_prompt_set(tiny_qwen):
+    ps = toy_prompts(20)
+    r = torch.randn(tiny_qwen.d_model)
+    st = fit_conditional_steering(tiny_qwen, ps, {"cyber": Direction(r, 2, -1, "cyber", tiny_qwen.fingerprint)})
+    c = st.conditions[0]
+    assert (c.layer, c.position, c.domain) == (2, -1, "cyber")
+    assert c.calibration["balanced"] > 0.6  # prompts starting with their domain name separate a little
+    assert st.to_dict()["conditions"][0]["domain"] == "cyber"
+
+
+# ---------------------------------------------------------------------- latency
+def test_measure_latency_runs_every_variant(tiny_qwen):
+    r = torch.randn(tiny_qwen.d_model)
+    res = measure_latency(
+        tiny_qwen, PROMPTS,
+        {"vanilla": (tiny_qwen.hf_model, ()), "hooked": (None, global_ablation_hooks(tiny_qwen, [r]))},
+        new_tokens=4, batch_size=2, repeats=2,
+    )
+    assert set(res.ms_per_token) == {"vanilla", "hooked"} and all(v > 0 for v in res.ms_per_token.values())
+    assert len(res.runs_ms["hooked"]) == 2 and res.ratios()["vanilla"] == 1.0
