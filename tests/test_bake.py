@@ -275,3 +275,35 @@ def test_inspection_reports_deltas_projections_and_completions(tiny_qwen, toy_pr
     # the model is restored
     after = tiny_qwen.hf_model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# ---------------------------------------------------------------------- command line
+def test_bake_command_writes_adapter_folder(tiny_qwen, toy_prompts, tmp_path, monkeypatch):
+    import json as _json
+
+    from palette_lens.adapters import load_adapter, plain_hf_model
+    from palette_lens.cli import main
+
+    model_dir = tmp_path / "model"
+    plain_hf_model(tiny_qwen).save_pretrained(model_dir)
+    tiny_qwen.tokenizer.save_pretrained(model_dir)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with open(data_dir / "toy.jsonl", "w") as f:
+        for d in toy_prompts.domains:
+            for p in toy_prompts.prompts(d):
+                f.write(_json.dumps({"prompt": p, "domain": d}) + "\n")
+    monkeypatch.setenv("PALETTE_LENS_DATA", str(data_dir))
+    direction = toy_direction(tiny_qwen, toy_prompts)
+    direction = Direction(direction.vector, direction.layer, direction.position, "cyber")  # no fingerprint check
+    direction.save(tmp_path / "dirs", "cyber")
+    out = tmp_path / "out"
+    code = main(["bake", "--target", "cyber", "--model", str(model_dir), "--direction", str(tmp_path / "dirs" / "cyber.json"),
+                 "--steps", "4", "--out", str(out)])
+    assert code == 0
+    folder = out / "adapters" / "cyber"
+    assert (folder / "bake.json").is_file() and (folder / "inspect.html").is_file()
+    adapter = load_adapter(folder)
+    assert adapter.layer_index == 1 and adapter.meta["domain"] == "cyber"
+    # a wrong target is a one-line user error
+    assert main(["bake", "--target", "nope", "--model", str(model_dir), "--out", str(out)]) == 2
