@@ -17,6 +17,7 @@ Proxies (no extra forward pass per candidate):
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,10 +25,93 @@ from dataclasses import dataclass
 import torch
 
 from .interventions import ablation_hooks
-from .models import ChatModel
+from .models import ChatModel, Hook
 from .refusal import first_token_kl, refusal_scores
 
 log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------- fast first-token scoring
+class PrefixScorer:
+    """First-token log-probs of a fixed prompt list, run many times under different hooks.
+
+    Rendered chat prompts share a template prefix (for Qwen, the default system message and the user
+    header: about half of a short prompt's tokens). It is run once per call (with the call's hooks, so
+    interventions act on it too) and its key/value cache is reused by every batch; the rest is
+    tokenized once, left-padded within length-sorted batches. The result equals
+    :meth:`ChatModel.last_logits` up to float error.
+
+    Args:
+        model: the chat model.
+        prompts: user prompts (rendered with the chat template here).
+        batch_size: prompts per forward pass.
+        use_prefix_cache: False runs every prompt in full (same numbers, slower).
+    """
+
+    def __init__(self, model: ChatModel, prompts: Sequence[str], batch_size: int = 16, use_prefix_cache: bool = True):
+        self.model = model
+        self.prompts = tuple(prompts)
+        tok = model.tokenizer
+        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in model.render(self.prompts)]
+        n_prefix = _common_prefix_len(ids) if use_prefix_cache and ids else 0
+        self.prefix = torch.tensor(ids[0][:n_prefix], dtype=torch.long) if n_prefix else None
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        self.batches: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            suffixes = [ids[i][n_prefix:] for i in idx]
+            width = max(len(x) for x in suffixes)
+            inp = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for j, x in enumerate(suffixes):
+                inp[j, width - len(x) :] = torch.tensor(x)
+                mask[j, width - len(x) :] = 1
+            self.batches.append((idx, inp, mask))
+
+    @property
+    def n_prefix(self) -> int:
+        return 0 if self.prefix is None else int(self.prefix.numel())
+
+    @torch.no_grad()
+    def logprobs(self, hooks: Sequence[Hook] = ()) -> torch.Tensor:
+        """[n_prompts, vocab] log-probs of the first answer token (float32, CPU), in the prompts' order."""
+        model = self.model
+        decoder, head, device = model.decoder, model.hf_model.get_output_embeddings(), model.device
+        out = torch.empty(0)
+        with model.hooks(hooks):
+            cache = None
+            if self.prefix is not None:
+                res = decoder(input_ids=self.prefix[None].to(device), use_cache=True)
+                cache = res.past_key_values
+            for idx, inp, mask in self.batches:
+                b, p = len(idx), self.n_prefix
+                kwargs: dict = {"use_cache": cache is not None}
+                if cache is not None:
+                    c = copy.deepcopy(cache)
+                    c.batch_repeat_interleave(b)
+                    kwargs["past_key_values"] = c
+                full_mask = torch.cat([torch.ones(b, p, dtype=torch.long), mask], dim=1)
+                pos = (full_mask.cumsum(-1) - 1).clamp_min(0)[:, p:]
+                hidden = decoder(
+                    input_ids=inp.to(device), attention_mask=full_mask.to(device), position_ids=pos.to(device), **kwargs
+                ).last_hidden_state[:, -1]
+                lp = torch.log_softmax(head(hidden).float(), dim=-1).cpu()
+                if out.numel() == 0:
+                    out = torch.empty(len(self.prompts), lp.shape[-1])
+                out[idx] = lp
+        return out
+
+
+def _common_prefix_len(ids: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common token prefix, leaving at least one token of every prompt."""
+    n = min(len(x) for x in ids) - 1
+    first = ids[0]
+    for k in range(max(0, n)):
+        t = first[k]
+        if any(x[k] != t for x in ids):
+            return k
+    return max(0, n)
 
 
 # --------------------------------------------------------------------- validation set
@@ -40,13 +124,20 @@ class EvalSet:
         groups: group name ("target", "harmless" or a non-target domain) of each prompt.
         vanilla: [n_prompts, vocab] log-probs of the unmodified model (reused by every candidate).
         refusal_ids: refusal token set R.
-        target: the target domain name.
+        scorer: the :class:`PrefixScorer` of ``prompts``.
     """
 
     prompts: tuple[str, ...]
     groups: tuple[str, ...]
     vanilla: torch.Tensor
     refusal_ids: tuple[int, ...]
+    scorer: PrefixScorer | None = None
+
+    def logprobs(self, hooks: Sequence[Hook] = ()) -> torch.Tensor:
+        """[n_prompts, vocab] first-token log-probs under ``hooks``."""
+        if self.scorer is None:
+            raise ValueError("this EvalSet has no scorer")
+        return self.scorer.logprobs(hooks)
 
     def mask(self, name: str) -> torch.Tensor:
         return torch.tensor([g == name for g in self.groups])
@@ -66,17 +157,16 @@ def build_eval_set(
     harmless: Sequence[str],
     refusal_ids: Sequence[int],
     batch_size: int = 16,
+    use_prefix_cache: bool = True,
 ) -> EvalSet:
-    """Group, sort by token length, and compute the vanilla log-probs once."""
+    """Group the prompts, prepare their batches once, and compute the vanilla log-probs once."""
     items = [(p, "target") for p in target] + [(p, "harmless") for p in harmless]
     for d, ps in others.items():
         items += [(p, d) for p in ps]
-    lengths = [len(model.tokenizer(p, add_special_tokens=False)["input_ids"]) for p, _ in items]
-    order = sorted(range(len(items)), key=lambda i: lengths[i])
-    prompts = tuple(items[i][0] for i in order)
-    groups = tuple(items[i][1] for i in order)
-    vanilla = model.last_logits(prompts, batch_size=batch_size)
-    return EvalSet(prompts, groups, vanilla, tuple(int(i) for i in refusal_ids))
+    prompts = tuple(p for p, _ in items)
+    groups = tuple(g for _, g in items)
+    scorer = PrefixScorer(model, prompts, batch_size, use_prefix_cache)
+    return EvalSet(prompts, groups, scorer.logprobs(), tuple(int(i) for i in refusal_ids), scorer)
 
 
 def objectives_from_logprobs(es: EvalSet, logprobs: torch.Tensor) -> dict[str, float]:
@@ -91,10 +181,9 @@ def objectives_from_logprobs(es: EvalSet, logprobs: torch.Tensor) -> dict[str, f
     return out
 
 
-def ablation_objectives(model: ChatModel, es: EvalSet, unit: torch.Tensor, batch_size: int = 16) -> dict[str, float]:
+def ablation_objectives(model: ChatModel, es: EvalSet, unit: torch.Tensor) -> dict[str, float]:
     """Causal objectives of ablating ``unit`` ([d_model]) at every layer, on the validation set."""
-    lp = model.last_logits(es.prompts, hooks=ablation_hooks(model, unit), batch_size=batch_size)
-    return objectives_from_logprobs(es, lp)
+    return objectives_from_logprobs(es, es.logprobs(ablation_hooks(model, unit)))
 
 
 # --------------------------------------------------------------------- attribution proxy

@@ -88,14 +88,14 @@ class SearchConfig:
     bypass_max: float | None = 0.0
     drop_last_frac: float = 0.2
     min_layer: int = 1
-    top_k: int | None = 12
+    top_k: int | None = 10
     proxy: ProxyKind = "attribution"
     n_val: int = 12
     n_val_other: int = 2
     n_train: int | None = None
-    n_proxy: int = 8
+    n_proxy: int = 6
     alphas: tuple[float, ...] = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
-    batch_size: int = 16
+    batch_size: int = 32
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -377,7 +377,7 @@ def search_direction(
     t0 = time.perf_counter()
     it = tqdm(to_eval, desc=f"search {target}", disable=not progress, leave=False)
     for i in it:
-        rows[i].update(ablation_objectives(model, es, units[i], cfg.batch_size))
+        rows[i].update(ablation_objectives(model, es, units[i]))
         rows[i]["evaluated"] = True
     timings["causal"] = time.perf_counter() - t0
 
