@@ -1,0 +1,86 @@
+"""``palette-lens compose``: compose baked domain adapters into an authorization profile.
+
+Loads ``--from DIR/adapters/<domain>/`` (or ``--adapter FOLDER`` ...), checks them against the base
+model, reports interference (ΔW cosines on shared modules), checks that run-time composition (all
+adapters active in peft) and merged weights give the same first-token distribution, and with
+``--export`` writes the merged profile as a plain Hugging Face model folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import add_model_arguments, echo, load_model_from_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--from", dest="source", default=None, metavar="DIR",
+                        help="a run / bake output folder holding adapters/<domain>/")
+    parser.add_argument("--adapter", action="append", default=[], metavar="FOLDER", help="an adapter folder (repeatable)")
+    parser.add_argument("--profile", default=None, metavar="D1+D2",
+                        help="domains to compose (default: every adapter found)")
+    parser.add_argument("--export", default=None, metavar="DIR", help="write the merged profile as a HF model folder")
+    parser.add_argument("--out", default=None, help="where to write profile.json (default: the --from folder)")
+
+
+def load_adapters(source: str | None, folders: list[str], model) -> dict:
+    """Adapters from ``source/adapters/*/`` and explicit folders, checked against ``model``: domain → adapter."""
+    from ..adapters import load_adapter
+    from ..errors import PaletteError
+
+    paths = [Path(f) for f in folders]
+    if source:
+        root = Path(source) / "adapters"
+        if not root.is_dir():
+            raise PaletteError(f"{source} holds no adapters/ folder")
+        paths += sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not paths:
+        raise PaletteError("no adapters given (use --from DIR or --adapter FOLDER)")
+    out = {}
+    for p in paths:
+        a = load_adapter(p, model)
+        out[a.domain or p.name] = a
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..atomic import atomic_write_text
+    from ..compose import Profile, export_profile, interference, merged_profile, profile_adapters, runtime_profile
+
+    model = load_model_from_args(args)
+    adapters = load_adapters(args.source, args.adapter, model)
+    profile = Profile.parse(args.profile) if args.profile else Profile(tuple(adapters))
+    chosen = profile_adapters(profile, adapters)
+    inter = interference(chosen)
+    probe = ["Write a short poem about the sea.", "How do I sort a list in Python?"]
+    enc = model.encode(probe)
+    with torch.no_grad():
+        merged_lp = torch.log_softmax(merged_profile(model, chosen)(**enc).logits[:, -1].float(), -1)
+        runtime_lp = torch.log_softmax(runtime_profile(model, chosen)(**enc).logits[:, -1].float(), -1)
+    diff = float((merged_lp - runtime_lp).abs().max())
+    doc = {
+        "profile": profile.name,
+        "authorized": list(profile.domains),
+        "adapters": {a.domain: {"block": a.layer_index, "layer": a.layer, "position": a.meta.get("position")}
+                     for a in chosen},
+        "interference": inter,
+        "runtime_vs_merged_max_abs_logprob_diff": diff,
+    }
+    echo(f"profile {profile.name}: " + ", ".join(f"{a.domain} on block {a.layer_index}" for a in chosen))
+    for r in inter:
+        cos = "n/a (different blocks: exact superposition)" if r["cosine"] is None else f"{r['cosine']:.3f}"
+        echo(f"  {r['a']} / {r['b']}: shared modules {r['shared_modules']}, ΔW cosine {cos}")
+    echo(f"  runtime vs merged composition: max |Δ log p| = {diff:.2e} on the first answer token")
+    if args.export:
+        folder = export_profile(model, chosen, args.export, profile)
+        doc["exported"] = str(folder)
+        echo(f"  exported merged model: {folder}")
+    out = Path(args.out or args.source or ".")
+    path = atomic_write_text(out / f"profile-{profile.name}.json", json.dumps(doc, indent=1))
+    echo(f"written: {path}")
+    return 0

@@ -1,0 +1,172 @@
+"""The pipeline and its commands end to end on a tiny model (and, marked integration, on the default model)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from palette_lens import cli
+from palette_lens.data import PromptSet, Record
+from palette_lens.pipeline import METRICS_KEYS, PipelineConfig, check_floors, run_pipeline
+
+PROFILE_KEYS = {"authorized", "refusal_rate", "harmless_kl", "f1"}
+ADAPTER_KEYS = {"layer", "position", "train_seconds"}
+_TOPICS = {
+    "cyber": "malware virus network password attack defend",
+    "violence": "attack blood heart defend kill",
+    "hate": "sorry cannot help AI assist",
+    "harmless": "recipe pancakes poem sea wind morning light",
+    "borderline": "kill process python program sort list",
+}
+
+TINY = PipelineConfig(
+    eval_limit=4, harmless_limit=6, borderline_limit=4, max_new_tokens=6, batch_size=16, first_phase=3,
+    search={"n_val": 3, "n_val_other": 1, "top_k": 2, "n_proxy": 2},
+    bake={"steps": 4, "eval_every": 2, "max_per_group": 8, "val_per_domain": 2},
+    latency_tokens=2, latency_batch=2, latency_repeats=1, steering_profiles="singles",
+)
+
+
+def toy_records(topics: dict[str, str], n: int = 16, seed: int = 0) -> dict[str, list[Record]]:
+    rng = random.Random(seed)
+    out = {}
+    for d, words in topics.items():
+        ws = words.split()
+        out[d] = [Record(f"{d} " + " ".join(rng.choice(ws) for _ in range(rng.randint(2, 5))) + f" {i}", d)
+                  for i in range(n)]
+    return out
+
+
+def check_metrics_schema(m: dict, targets: list[str], profiles: list[str]) -> None:
+    assert tuple(m) == METRICS_KEYS
+    assert isinstance(m["model"], str) and isinstance(m["n_layers"], int) and isinstance(m["domains"], list)
+    assert set(m["baseline"]) == {"refusal_rate"}
+    assert set(m["baseline"]["refusal_rate"]) >= {*m["domains"], "harmless"}
+    assert list(m["adapters"]) == targets
+    for a in m["adapters"].values():
+        assert set(a) == ADAPTER_KEYS and isinstance(a["layer"], int) and isinstance(a["position"], int)
+    assert list(m["profiles"]) == profiles
+    for name, p in m["profiles"].items():
+        assert set(p) == PROFILE_KEYS and "+".join(p["authorized"]) == name
+        assert set(p["refusal_rate"]) >= {*m["domains"], "harmless"}
+        assert all(0.0 <= v <= 1.0 for v in p["refusal_rate"].values())
+        assert p["harmless_kl"] >= 0.0 and 0.0 <= p["f1"] <= 1.0
+    assert set(m["baselines"]) == {"global_ablation", "runtime_steering"}
+    for b in m["baselines"].values():
+        assert set(b) == {"refusal_rate"}
+    assert set(m["latency_ms_per_token"]) == {"vanilla", "merged", "hooked"}
+    assert all(v > 0 for v in m["latency_ms_per_token"].values())
+    assert {"baseline", "compose", "evaluate", "baselines", "latency"} <= set(m["timings_s"])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_qwen, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    ps = PromptSet(toy_records(_TOPICS))
+    return out, run_pipeline(tiny_qwen, ps, out, TINY, progress=False)
+
+
+def test_pipeline_on_tiny_model(tiny_qwen, tiny_run):
+    from peft import PeftModel
+
+    from palette_lens.adapters import plain_hf_model
+
+    tmp_path, res = tiny_run
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    check_metrics_schema(m, ["cyber", "violence", "hate"],
+                         ["cyber", "violence", "hate", "cyber+violence", "cyber+violence+hate"])
+    assert m == json.loads(json.dumps(res.metrics))
+    assert m["domains"] == ["cyber", "hate", "violence"]
+    details = json.loads((tmp_path / "details.json").read_text())
+    assert set(details["baselines"]["runtime_steering"]) == {"cyber", "violence", "hate"}
+    assert details["floors"]["cyber"]["checks"]["harmless_kl"]["limit"] == 0.1
+    # outputs: PEFT adapters, directions, search, baseline table, report
+    for t in ("cyber", "violence", "hate"):
+        assert (tmp_path / "directions" / f"{t}.safetensors").is_file()
+        assert (tmp_path / "search" / f"{t}.json").is_file()
+        PeftModel.from_pretrained(plain_hf_model(tiny_qwen), tmp_path / "adapters" / t)
+    assert (tmp_path / "baseline.md").read_text().startswith("| domain |")
+    page = (tmp_path / "report.html").read_text()
+    assert "Plotly" in page and "<script src=" not in page  # plotly.js inlined, no network needed
+    assert 'id="fig-leakage"' in page and "Example completions" in page
+    assert not [p for p in tmp_path.rglob(".*") if p.name.endswith(".tmp")]  # nothing half-written
+
+
+def test_evaluate_and_compose_commands_reuse_adapters(tiny_qwen, tiny_run, tmp_path, monkeypatch, capsys):
+    run_dir, _ = tiny_run
+    monkeypatch.setenv("PALETTE_LENS_DATA", str(_builtin_dir(tmp_path, dict(toy_records(_TOPICS)))))
+    for mod in ("common", "evaluate", "compose"):
+        monkeypatch.setattr(f"palette_lens.commands.{mod}.load_model_from_args", lambda args: tiny_qwen)
+    out = tmp_path / "eval"
+    code = cli.main(["evaluate", "--from", str(run_dir), "--profile", "hate", "--profile", "cyber+hate", "--quick",
+                     "--eval-limit", "3", "--max-new-tokens", "4", "--out", str(out), "--no-report"])
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert "search" not in m["timings_s"] and "bake" not in m["timings_s"]
+    assert list(m["profiles"]) == ["hate", "cyber+hate"]
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert m["adapters"]["cyber"]["layer"] == saved["adapters"]["cyber"]["layer"]
+
+    export = tmp_path / "merged"
+    code = cli.main(["compose", "--from", str(run_dir), "--profile", "cyber+hate", "--export", str(export),
+                     "--out", str(tmp_path)])
+    assert code == 0
+    doc = json.loads((tmp_path / "profile-cyber+hate.json").read_text())
+    assert doc["runtime_vs_merged_max_abs_logprob_diff"] < 1e-4 and len(doc["interference"]) == 1
+    assert (export / "config.json").is_file() and (export / "palette_profile.json").is_file()
+    assert "runtime vs merged" in capsys.readouterr().out
+
+
+def _builtin_dir(tmp_path: Path, recs: dict | None = None) -> Path:
+    """A stand-in for the built-in data: harmless, borderline and one built-in harmful domain."""
+    folder = tmp_path / "builtin"
+    folder.mkdir()
+    if recs is None:
+        recs = toy_records({k: _TOPICS[k] for k in ("harmless", "borderline", "cyber")}, n=14, seed=1)
+    for d, rs in recs.items():
+        (folder / f"{d}.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in rs))
+    return folder
+
+
+def test_run_command_with_user_domains(tiny_qwen, tmp_path, monkeypatch, capsys):
+    """``palette-lens run`` with a user JSONL of new domains, --replace-data, end to end."""
+    monkeypatch.setenv("PALETTE_LENS_DATA", str(_builtin_dir(tmp_path)))
+    monkeypatch.setattr("palette_lens.commands.common.load_model_from_args", lambda args: tiny_qwen)
+    monkeypatch.setattr("palette_lens.commands.run.load_model_from_args", lambda args: tiny_qwen)
+    user = tmp_path / "mine.jsonl"
+    recs = toy_records({"phishing": "email link bank password urgent", "weapons": "gun rifle ammo build"}, n=14, seed=2)
+    user.write_text("".join(json.dumps({**r.to_dict(), "source": "test"}) + "\n" for rs in recs.values() for r in rs))
+    out = tmp_path / "out"
+    code = cli.main(["run", "--target", "phishing", "--target", "weapons", "--data", str(user), "--replace-data",
+                     "--quick", "--eval-limit", "4", "--max-new-tokens", "6", "--out", str(out)])
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    check_metrics_schema(m, ["phishing", "weapons"], ["phishing", "weapons", "phishing+weapons"])
+    assert m["domains"] == ["phishing", "weapons"]  # the built-in cyber domain was replaced
+    assert (out / "adapters" / "phishing" / "adapter_config.json").is_file()
+    printed = capsys.readouterr().out
+    assert "profile phishing+weapons" in printed and "metrics.json" in printed
+
+
+def test_run_command_rejects_unknown_target(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PALETTE_LENS_DATA", str(_builtin_dir(tmp_path)))
+    code = cli.main(["run", "--target", "nonexistent", "--out", str(tmp_path / "x")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown domain 'nonexistent'" in err and "Traceback" not in err
+
+
+def test_check_floors():
+    base = {"a": 1.0, "b": 0.9, "c": 0.8, "harmless": 0.02, "borderline": 0.1}
+    good = {"a": 0.1, "b": 0.85, "c": 0.8, "harmless": 0.03, "borderline": 0.1}
+    f = check_floors(good, base, ["a"], ["a", "b", "c"], 0.05)
+    assert f["ok"] and f["kept_ratio"]["c"] == pytest.approx(1.0)
+    leaky = {**good, "b": 0.5}
+    f = check_floors(leaky, base, ["a"], ["a", "b", "c"], 0.05)
+    assert not f["ok"] and not f["checks"]["kept_worst"]["ok"]
+    assert check_floors(leaky, base, ["a"], ["a", "b", "c"], 0.05, widen=0.25)["checks"]["kept_worst"]["ok"]
+    pair = check_floors({**good, "b": 0.18}, base, ["a", "b"], ["a", "b", "c"], 0.05)
+    assert pair["ok"] and "kept_mean" not in pair["checks"]
