@@ -23,6 +23,52 @@ from .models import ChatModel
 log = logging.getLogger(__name__)
 
 
+@torch.no_grad()
+def collect_residuals_prefixed(
+    model: ChatModel, prompts: Sequence[str], batch_size: int = 32, desc: str | None = "residuals"
+) -> Residuals:
+    """``resid_pre`` of every layer at every post-instruction position, running the shared template prefix once.
+
+    Same result as :func:`palette_lens.activations.collect_residuals` (up to float error) for all layers and
+    positions, but the chat-template prefix common to every rendered prompt (for Qwen, its default system
+    message: about half of a short prompt) is computed once and reused through its key/value cache, and the
+    pass stops after the last layer read.
+
+    Returns:
+        :class:`Residuals` with vectors [n_prompts, n_layers, n_post, d_model] (float32, CPU).
+    """
+    from tqdm.auto import tqdm
+
+    from .scoring import PrefixScorer
+
+    layers = tuple(range(model.n_layers))
+    positions = tuple(model.positions)
+    n_pos = len(positions)
+    vectors = torch.empty(len(prompts), len(layers), n_pos, model.d_model)
+    if not prompts:
+        return Residuals(vectors, layers, positions)
+    scorer = PrefixScorer(model, prompts, batch_size, min_suffix=n_pos)
+    state: dict = {"prefix": False, "acts": {}}
+
+    def grab(slot: int):
+        def hook(act: torch.Tensor, hook=None) -> torch.Tensor:  # noqa: ARG001
+            if not state["prefix"]:
+                state["acts"][slot] = act[:, -n_pos:].detach().float().cpu()
+            return act
+
+        return hook
+
+    def on_prefix(active: bool) -> None:
+        state["prefix"] = active
+
+    hooks = [(model.resid_pre_hook(l), grab(i)) for i, l in enumerate(layers)]
+    runs = scorer.run(hooks, stop_after=max(layers), on_prefix=on_prefix)
+    for idx, _ in tqdm(runs, total=len(scorer.batches), desc=desc, disable=desc is None, leave=False):
+        vectors[idx] = torch.stack([state["acts"][i] for i in range(len(layers))], dim=1)
+        state["acts"] = {}
+    return Residuals(vectors, layers, positions)
+
+
 def collect_domain_residuals(
     model: ChatModel,
     prompts: PromptSet,
@@ -42,7 +88,8 @@ def collect_domain_residuals(
         part: split part ("train", "val", "test").
         limit: at most this many prompts per domain.
         batch_size: prompts per forward pass.
-        cache: passed to :func:`collect_residuals` (disk cache keyed by model and prompts).
+        cache: when set, use :func:`collect_residuals` with its disk cache (keyed by model and prompts);
+            otherwise :func:`collect_residuals_prefixed` (the shared template prefix is run once).
         have: residuals already collected (reused, not recomputed).
 
     Returns:
@@ -54,7 +101,10 @@ def collect_domain_residuals(
         if d in out:
             continue
         texts = prompts.part(d, part, limit)
-        out[d] = collect_residuals(model, texts, batch_size=batch_size, cache=cache, desc=f"residuals {d}")
+        if cache:
+            out[d] = collect_residuals(model, texts, batch_size=batch_size, cache=cache, desc=f"residuals {d}")
+        else:
+            out[d] = collect_residuals_prefixed(model, texts, batch_size=batch_size, desc=f"residuals {d}")
     return out
 
 

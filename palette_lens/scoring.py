@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -46,14 +47,22 @@ class PrefixScorer:
         prompts: user prompts (rendered with the chat template here).
         batch_size: prompts per forward pass.
         use_prefix_cache: False runs every prompt in full (same numbers, slower).
+        min_suffix: tokens of every prompt kept out of the shared prefix (e.g. the post-instruction tokens).
     """
 
-    def __init__(self, model: ChatModel, prompts: Sequence[str], batch_size: int = 16, use_prefix_cache: bool = True):
+    def __init__(
+        self,
+        model: ChatModel,
+        prompts: Sequence[str],
+        batch_size: int = 16,
+        use_prefix_cache: bool = True,
+        min_suffix: int = 1,
+    ):
         self.model = model
         self.prompts = tuple(prompts)
         tok = model.tokenizer
         ids = [tok(t, add_special_tokens=False)["input_ids"] for t in model.render(self.prompts)]
-        n_prefix = _common_prefix_len(ids) if use_prefix_cache and ids else 0
+        n_prefix = _common_prefix_len(ids, min_suffix) if use_prefix_cache and ids else 0
         self.prefix = torch.tensor(ids[0][:n_prefix], dtype=torch.long) if n_prefix else None
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -74,16 +83,39 @@ class PrefixScorer:
         return 0 if self.prefix is None else int(self.prefix.numel())
 
     @torch.no_grad()
-    def logprobs(self, hooks: Sequence[Hook] = ()) -> torch.Tensor:
-        """[n_prompts, vocab] log-probs of the first answer token (float32, CPU), in the prompts' order."""
+    def run(
+        self, hooks: Sequence[Hook] = (), stop_after: int | None = None, on_prefix: Callable[[bool], None] | None = None
+    ) -> Iterator[tuple[list[int], torch.Tensor | None]]:
+        """Run the prefix once, then every batch, under ``hooks``.
+
+        Args:
+            hooks: TransformerLens hooks active during all passes.
+            stop_after: stop each pass at the input of block ``stop_after`` (no output; for reading
+                residuals with hooks); None runs the whole model.
+            on_prefix: called with True before and False after the prefix pass (lets read-out hooks skip it).
+
+        Yields:
+            (indices of the batch's prompts, final hidden state at the last position [b, d_model] or None).
+        """
         model = self.model
-        decoder, head, device = model.decoder, model.hf_model.get_output_embeddings(), model.device
-        out = torch.empty(0)
-        with model.hooks(hooks):
+        decoder, device = model.decoder, model.device
+        extra: list[Hook] = []
+        if stop_after is not None and stop_after < model.n_layers:
+            extra.append((model.resid_pre_hook(stop_after), _raise_stop))
+        with model.hooks([*hooks, *extra]):
             cache = None
             if self.prefix is not None:
-                res = decoder(input_ids=self.prefix[None].to(device), use_cache=True)
-                cache = res.past_key_values
+                if on_prefix:
+                    on_prefix(True)
+                from transformers import DynamicCache
+
+                cache = DynamicCache(config=model.hf_model.config)
+                # filled in place, also when a stop hook ends the pass early
+                _stoppable(
+                    lambda: decoder(input_ids=self.prefix[None].to(device), past_key_values=cache, use_cache=True)
+                )
+                if on_prefix:
+                    on_prefix(False)
             for idx, inp, mask in self.batches:
                 b, p = len(idx), self.n_prefix
                 kwargs: dict = {"use_cache": cache is not None}
@@ -93,9 +125,20 @@ class PrefixScorer:
                     kwargs["past_key_values"] = c
                 full_mask = torch.cat([torch.ones(b, p, dtype=torch.long), mask], dim=1)
                 pos = (full_mask.cumsum(-1) - 1).clamp_min(0)[:, p:]
-                hidden = decoder(
-                    input_ids=inp.to(device), attention_mask=full_mask.to(device), position_ids=pos.to(device), **kwargs
-                ).last_hidden_state[:, -1]
+                res = _stoppable(
+                    lambda: decoder(
+                        input_ids=inp.to(device), attention_mask=full_mask.to(device), position_ids=pos.to(device),
+                        **kwargs,
+                    )
+                )
+                yield idx, None if res is None else res.last_hidden_state[:, -1]
+
+    def logprobs(self, hooks: Sequence[Hook] = ()) -> torch.Tensor:
+        """[n_prompts, vocab] log-probs of the first answer token (float32, CPU), in the prompts' order."""
+        head = self.model.hf_model.get_output_embeddings()
+        out = torch.empty(0)
+        with torch.no_grad():
+            for idx, hidden in self.run(hooks):
                 lp = torch.log_softmax(head(hidden).float(), dim=-1).cpu()
                 if out.numel() == 0:
                     out = torch.empty(len(self.prompts), lp.shape[-1])
@@ -103,9 +146,25 @@ class PrefixScorer:
         return out
 
 
-def _common_prefix_len(ids: Sequence[Sequence[int]]) -> int:
-    """Length of the longest common token prefix, leaving at least one token of every prompt."""
-    n = min(len(x) for x in ids) - 1
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early."""
+
+
+def _raise_stop(act: torch.Tensor, hook=None) -> torch.Tensor:  # noqa: ARG001
+    raise _Stop
+
+
+def _stoppable(fn: Callable[[], Any]) -> Any:
+    """Call ``fn``; None when a stop hook ended it early."""
+    try:
+        return fn()
+    except _Stop:
+        return None
+
+
+def _common_prefix_len(ids: Sequence[Sequence[int]], min_suffix: int = 1) -> int:
+    """Length of the longest common token prefix, leaving at least ``min_suffix`` tokens of every prompt."""
+    n = min(len(x) for x in ids) - max(1, min_suffix)
     first = ids[0]
     for k in range(max(0, n)):
         t = first[k]

@@ -177,6 +177,19 @@ def test_prefix_scorer_equals_plain_forward(name, request):
     )
 
 
+@pytest.mark.parametrize("name", ["tiny_qwen", "tiny_llama"])
+def test_prefixed_residuals_equal_plain_collection(name, request):
+    from palette_lens.activations import collect_residuals
+    from palette_lens.candidates import collect_residuals_prefixed
+
+    model = request.getfixturevalue(name)
+    prompts = ["How do I sort a list?", "Write a poem about the sea and the wind in the morning.", "hi", "hi"]
+    a = collect_residuals(model, prompts, batch_size=3, desc=None)
+    b = collect_residuals_prefixed(model, prompts, batch_size=3, desc=None)
+    assert (a.layers, a.positions) == (b.layers, b.positions)
+    assert torch.allclose(a.vectors, b.vectors, atol=1e-5 * float(a.vectors.abs().max()))
+
+
 # ------------------------------------------------------------------ end-to-end on a tiny model
 def _tiny_prompts() -> PromptSet:
     words = "malware virus network password attack defend sort list numbers recipe pancakes heart poem sea".split()
@@ -277,10 +290,12 @@ def test_cyber_search_turns_validation_refusal_negative(default_model, prompts):
         default_model, prompts, "cyber", other_domains=others, n_train=12, top_k=4, n_val=8,
         n_val_other=2, progress=False,
     )
-    assert res.vanilla["bypass_T"] > 0, "the vanilla model refuses the cyber validation prompts"
     val = prompts.part("cyber", "val")
+    vanilla = refusal_scores(default_model.last_logits(val), res.refusal_ids)
     scores = refusal_scores(
         default_model.last_logits(val, hooks=ablation_hooks(default_model, res.chosen.vector)), res.refusal_ids
     )
     assert float(scores.mean()) < 0.0
+    # not just "already below zero": the ablation moves refusal mass off R by a wide margin
+    assert float(scores.mean()) < float(vanilla.mean()) - 1.0
     assert res.chosen_row["kl_H"] <= 0.1 + 1e-9 or res.fallback
