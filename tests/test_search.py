@@ -299,3 +299,35 @@ def test_cyber_search_turns_validation_refusal_negative(default_model, prompts):
     # not just "already below zero": the ablation moves refusal mass off R by a wide margin
     assert float(scores.mean()) < float(vanilla.mean()) - 1.0
     assert res.chosen_row["kl_H"] <= 0.1 + 1e-9 or res.fallback
+
+
+# ------------------------------------------------------------------ command line
+def test_search_command_writes_json_directions_and_figures(tiny_qwen, tmp_path, monkeypatch):
+    from palette_lens.adapters import plain_hf_model
+    from palette_lens.cli import main
+
+    model_dir = tmp_path / "model"
+    plain_hf_model(tiny_qwen).save_pretrained(model_dir)
+    tiny_qwen.tokenizer.save_pretrained(model_dir)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    ps = _tiny_prompts()
+    with open(data_dir / "toy.jsonl", "w") as f:
+        for d in ps.domains:
+            for p in ps.prompts(d):
+                f.write(json.dumps({"prompt": p, "domain": d}) + "\n")
+    monkeypatch.setenv("PALETTE_LENS_DATA", str(data_dir))
+    out = tmp_path / "out"
+    code = main(["search", "--target", "cyber", "--model", str(model_dir), "--top-k", "2", "--views-every", "2",
+                 "--out", str(out)])
+    assert code == 0
+    doc = json.loads((out / "search.json").read_text())
+    assert {"candidates", "pareto", "chosen"} <= set(doc)
+    assert sum(c["evaluated"] for c in doc["candidates"]) == 2
+    assert Direction.load(out / "directions" / "cyber.json").layer == doc["chosen"]["layer"]
+    html = (out / "figures.html").read_text()
+    assert html.count("<section") == 4 and "Pareto" in html
+    sep = json.loads((out / "separation.json").read_text())
+    assert len(sep["layers"]) == tiny_qwen.n_layers
+    # a wrong target is a one-line user error
+    assert main(["search", "--target", "nope", "--model", str(model_dir), "--out", str(out)]) == 2
