@@ -51,6 +51,10 @@ class Generations:
         first_scores: [n] first-token refusal log-odds (when refusal ids were given), else None.
         first_logprobs: prompt index → [vocab] first-token log-probs, for the prompts asked for.
         seconds: wall time of the generation.
+        token_ids: generated token ids per prompt (end-of-turn excluded).
+        ended: per prompt, whether it ended with an end-of-turn token (False: cut at ``max_new_tokens``).
+        verified: per prompt, "generated", "verified" (the vanilla completion was checked to be this
+            model's greedy completion too) or "continued" (checked up to a differing token, then generated).
     """
 
     texts: list[str]
@@ -58,6 +62,9 @@ class Generations:
     first_scores: torch.Tensor | None = None
     first_logprobs: dict[int, torch.Tensor] = field(default_factory=dict)
     seconds: float = 0.0
+    token_ids: list[list[int]] = field(default_factory=list)
+    ended: list[bool] = field(default_factory=list)
+    verified: list[str] = field(default_factory=list)
 
 
 def _first_step_processor() -> Any:
@@ -149,10 +156,11 @@ def generate_completions(
     hooks: Sequence[Hook] = (),
     max_new_tokens: int = 64,
     batch_size: int = 64,
-    first_phase: int = 16,
+    first_phase: int = 12,
     refusal_ids: Sequence[int] | None = None,
     keep_logprobs: Sequence[bool] | None = None,
     desc: str | None = None,
+    stop_on_refusal: bool = False,
 ) -> Generations:
     """Greedy completions (stopping at end of turn), two-phase and batched, with first-token scores.
 
@@ -168,6 +176,9 @@ def generate_completions(
         refusal_ids: refusal token set R; when given, ``first_scores`` holds each prompt's refusal log-odds.
         keep_logprobs: per prompt, whether to keep its full first-token distribution (for KL).
         desc: progress-bar label.
+        stop_on_refusal: do not continue a sequence past the first phase when its text already holds a
+            refusal marker (:func:`palette_lens.refusal.is_refusal`): the judge's verdict is final then,
+            so refusal rates are unchanged while refusals cost ``first_phase`` tokens at most.
 
     Returns:
         :class:`Generations`, in the order of ``prompts``.
@@ -179,30 +190,219 @@ def generate_completions(
     if not prompts:
         return Generations([], [], torch.empty(0) if refusal_ids is not None else None)
     target = lm if lm is not None else model.hf_model
-    rendered = model.render(prompts)
-    ids = model.tokenizer(rendered, add_special_tokens=False)["input_ids"]
-    phase1 = min(first_phase, max_new_tokens) if first_phase > 0 else max_new_tokens
+    ids = encode_prompts(model, prompts)
     ctx = model.hooks(hooks) if hooks else nullcontext()
     with ctx:
-        new, done, first = _generate_ids(model, target, ids, phase1, batch_size, True, desc)
-        todo = [i for i in range(len(prompts)) if not done[i] and len(new[i]) >= phase1]
-        rest = max_new_tokens - phase1
-        if todo and rest > 0:
-            more, _, _ = _generate_ids(
-                model, target, [ids[i] + new[i] for i in todo], rest, batch_size, False,
-                f"{desc} (continued)" if desc else None,
-            )
-            for i, extra in zip(todo, more):
-                new[i] = new[i] + extra
+        new, ended, first = _two_phase(
+            model, target, ids, max_new_tokens, batch_size, first_phase, True, desc,
+            judge=is_refusal if stop_on_refusal else None,
+        )
+    return _package(model, new, ended, first, refusal_ids, keep_logprobs, t0)
+
+
+def encode_prompts(model: ChatModel, prompts: Sequence[str]) -> list[list[int]]:
+    """Rendered, tokenized prompts (no padding): one id list per prompt."""
+    return model.tokenizer(model.render(list(prompts)), add_special_tokens=False)["input_ids"]
+
+
+def _two_phase(
+    model: ChatModel, lm: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int,
+    first_phase: int, record_first: bool, desc: str | None,
+    judge: Callable[[str], bool] | None = None, heads: Sequence[Sequence[int]] | None = None,
+) -> tuple[list[list[int]], list[bool], list[torch.Tensor | None]]:
+    """Greedy continuation of ``seqs``: ``first_phase`` tokens for all, then the unfinished ones continued.
+
+    With ``judge``, a sequence whose text so far (``heads[i]`` + its new tokens) the judge already calls a
+    refusal is not continued: the keyword judge only looks for markers, so later tokens cannot change
+    its verdict.
+    """
+    phase1 = min(first_phase, max_new_tokens) if first_phase > 0 else max_new_tokens
+    new, ended, first = _generate_ids(model, lm, seqs, phase1, batch_size, record_first, desc)
+    todo = [i for i in range(len(seqs)) if not ended[i] and len(new[i]) >= phase1]
+    if judge is not None:
+        tok = model.tokenizer
+        todo = [
+            i for i in todo
+            if not judge(tok.decode((list(heads[i]) if heads else []) + new[i], skip_special_tokens=True))
+        ]
+    rest = max_new_tokens - phase1
+    if todo and rest > 0:
+        more, more_ended, _ = _generate_ids(
+            model, lm, [list(seqs[i]) + new[i] for i in todo], rest, batch_size, False,
+            f"{desc} (continued)" if desc else None,
+        )
+        for i, extra, e in zip(todo, more, more_ended):
+            new[i] = new[i] + extra
+            ended[i] = e
+    return new, ended, first
+
+
+def _package(
+    model: ChatModel, new: list[list[int]], ended: list[bool], first: list[torch.Tensor | None],
+    refusal_ids: Sequence[int] | None, keep_logprobs: Sequence[bool] | None, t0: float,
+    verified: list[str] | None = None,
+) -> Generations:
     texts = [model.tokenizer.decode(t, skip_special_tokens=True).strip() for t in new]
     scores = None
     if refusal_ids is not None:
-        stacked = torch.stack([f for f in first])  # type: ignore[misc]
-        scores = refusal_scores(stacked, refusal_ids)
+        scores = refusal_scores(torch.stack([f for f in first]), refusal_ids)  # type: ignore[misc]
     keep = {}
     if keep_logprobs is not None:
         keep = {i: first[i] for i, k in enumerate(keep_logprobs) if k}
-    return Generations(texts, [len(t) for t in new], scores, keep, time.perf_counter() - t0)  # type: ignore[arg-type]
+    return Generations(
+        texts, [len(t) for t in new], scores, keep, time.perf_counter() - t0,  # type: ignore[arg-type]
+        [list(t) for t in new], list(ended), verified or ["generated"] * len(new),
+    )
+
+
+@torch.no_grad()
+def verify_greedy(
+    model: ChatModel,
+    lm: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    ended: Sequence[bool],
+    batch_size: int = 16,
+) -> tuple[list[int | None], list[int], list[torch.Tensor]]:
+    """Check in one forward pass per batch whether ``lm``'s greedy completion equals a given one.
+
+    Teacher forcing: ``lm`` reads prompt + completion and its argmax at every completion position is
+    compared with the given tokens (and with an end-of-turn token after an ended completion). Equal
+    everywhere means ``lm`` would have generated exactly that completion (speculative decoding with the
+    given completion as the draft), at the cost of a prompt-processing pass instead of token-by-token
+    decoding.
+
+    Args:
+        model: the chat model (tokenizer, stop tokens).
+        lm: a plain HF causal LM sharing the tokenizer.
+        prompt_ids: rendered prompt ids per sequence.
+        completions: the completions to check (ids, end-of-turn excluded).
+        ended: whether each completion ended with end of turn (then ``lm`` must predict one there too).
+        batch_size: sequences per forward pass.
+
+    Returns:
+        per sequence: the first differing position (None when ``lm`` reproduces the completion), ``lm``'s
+        token at that position (-1 when none differs), and ``lm``'s first-token log-probs [vocab].
+    """
+    stop = set(model.stop_token_ids)
+    pad = model.tokenizer.pad_token_id
+    device = next(lm.parameters()).device
+    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.model
+    head = lm.get_output_embeddings()
+    n = len(prompt_ids)
+    first_diff: list[int | None] = [None] * n
+    token: list[int] = [-1] * n
+    first_lp: list[torch.Tensor] = [torch.empty(0)] * n
+    order = sorted(range(n), key=lambda i: -(len(prompt_ids[i]) + len(completions[i])))
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        seqs = [list(prompt_ids[i]) + list(completions[i]) for i in idx]
+        enc = _left_pad(seqs, pad, device)
+        mask = enc["attention_mask"]
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        hidden = decoder(**enc, position_ids=pos, use_cache=False).last_hidden_state
+        width = hidden.shape[1]
+        for j, i in enumerate(idx):
+            p0 = width - len(seqs[j]) + len(prompt_ids[i]) - 1  # predicts the first completion token
+            n_check = len(completions[i]) + (1 if ended[i] else 0)
+            logits = head(hidden[j, p0 : p0 + max(1, n_check)]).float()
+            first_lp[i] = torch.log_softmax(logits[0], dim=-1).cpu()
+            pred = logits.argmax(-1).tolist()
+            for k in range(n_check):
+                want = completions[i][k] if k < len(completions[i]) else None
+                got = pred[k]
+                same = (got in stop) if want is None else (got == want)
+                if not same:
+                    first_diff[i], token[i] = k, int(got)
+                    break
+    return first_diff, token, first_lp
+
+
+def generate_with_drafts(
+    model: ChatModel,
+    lm: Any,
+    prompts: Sequence[str],
+    drafts: Generations,
+    *,
+    generate: Sequence[bool] | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 64,
+    first_phase: int = 12,
+    verify_batch_size: int = 16,
+    refusal_ids: Sequence[int] | None = None,
+    keep_logprobs: Sequence[bool] | None = None,
+    desc: str | None = None,
+    stop_on_refusal: bool = False,
+) -> Generations:
+    """``lm``'s greedy completions, using another model's completions of the same prompts as drafts.
+
+    Each draft is checked with :func:`verify_greedy`; where ``lm`` agrees it is kept, where it first
+    differs ``lm`` continues from its own token. A variant that leaves most prompts alone (a profile on
+    non-authorized prompts, on harmless ones) thus costs about one prompt-processing pass per prompt
+    instead of token-by-token decoding. The result equals :func:`generate_completions` with ``lm`` up to
+    float rounding (teacher-forced and incremental logits differ in the last bits; a near-tie can flip).
+    With ``stop_on_refusal`` the keyword judge's verdicts are the same, though a continued refusal may be
+    cut at a different length.
+
+    Args:
+        drafts: completions of the same prompts by another model (e.g. vanilla), with ``token_ids`` and
+            ``ended`` (produced by :func:`generate_completions` with ``max_new_tokens`` at least as large).
+        generate: per prompt, True to skip the draft and generate directly (e.g. authorized-domain prompts,
+            which a profile is meant to change).
+        stop_on_refusal: as in :func:`generate_completions`; a draft that was cut after a refusal marker
+            and that ``lm`` reproduces is a refusal of ``lm`` too.
+        other arguments: as in :func:`generate_completions`.
+    """
+    t0 = time.perf_counter()
+    prompts = list(prompts)
+    n = len(prompts)
+    if len(drafts.token_ids) != n:
+        raise ValueError("drafts must hold token ids for every prompt")
+    stop = set(model.stop_token_ids)
+    ids = encode_prompts(model, prompts)
+    judge = is_refusal if stop_on_refusal else None
+    direct = [i for i in range(n) if generate is not None and generate[i]]
+    check = [i for i in range(n) if not (generate is not None and generate[i])]
+    new: list[list[int]] = [[] for _ in range(n)]
+    ended = [False] * n
+    first: list[torch.Tensor | None] = [None] * n
+    status = ["generated"] * n
+    cont: list[tuple[int, list[int]]] = []
+    if check:
+        diff, tok, first_lp = verify_greedy(
+            model, lm, [ids[i] for i in check], [drafts.token_ids[i][:max_new_tokens] for i in check],
+            [drafts.ended[i] and len(drafts.token_ids[i]) <= max_new_tokens for i in check], verify_batch_size,
+        )
+        for j, i in enumerate(check):
+            first[i] = first_lp[j]
+            draft = list(drafts.token_ids[i][:max_new_tokens])
+            if diff[j] is None:
+                new[i], ended[i], status[i] = draft, drafts.ended[i] and len(draft) == len(drafts.token_ids[i]), "verified"
+                continue
+            status[i] = "continued"
+            prefix = draft[: diff[j]]
+            if tok[j] in stop:
+                new[i], ended[i] = prefix, True
+            elif len(prefix) + 1 >= max_new_tokens:
+                new[i], ended[i] = prefix + [tok[j]], False
+            else:
+                cont.append((i, prefix + [tok[j]]))
+    if direct:
+        d_new, d_end, d_first = _two_phase(
+            model, lm, [ids[i] for i in direct], max_new_tokens, batch_size, first_phase, True, desc, judge=judge,
+        )
+        for j, i in enumerate(direct):
+            new[i], ended[i], first[i] = d_new[j], d_end[j], d_first[j]
+    if cont:
+        budget = max(max_new_tokens - len(p) for _, p in cont)
+        c_new, c_end, _ = _two_phase(
+            model, lm, [ids[i] + p for i, p in cont], budget, batch_size, first_phase, False,
+            f"{desc} (after drafts)" if desc else None, judge=judge, heads=[p for _, p in cont],
+        )
+        for (i, p), extra, e in zip(cont, c_new, c_end):
+            room = max_new_tokens - len(p)
+            new[i], ended[i] = p + extra[:room], e and len(extra) <= room
+    return _package(model, new, ended, first, refusal_ids, keep_logprobs, t0, status)
 
 
 # ---------------------------------------------------------------------- the evaluated prompts
@@ -406,12 +606,21 @@ class EvalConfig:
         batch_size: sequences per generate call (big batches are much faster on CPU).
         first_phase: tokens every prompt gets before only unfinished sequences are continued.
         n_examples: truncated example completions kept per domain.
+        stop_on_refusal: stop a sequence after the first phase when it already holds a refusal marker
+            (the keyword judge's verdict cannot change; refusal rates are exact, refusals are cut short).
+        use_drafts: evaluate another model (:meth:`Evaluator.evaluate_lm`) by checking the vanilla
+            completions as drafts (:func:`generate_with_drafts`) on the prompts it is not meant to change,
+            instead of generating token by token.
+        verify_batch_size: sequences per teacher-forced checking pass.
     """
 
     max_new_tokens: int = 64
     batch_size: int = 64
-    first_phase: int = 16
+    first_phase: int = 12
     n_examples: int = 3
+    stop_on_refusal: bool = True
+    use_drafts: bool = True
+    verify_batch_size: int = 16
 
 
 class Evaluator:
@@ -452,7 +661,8 @@ class Evaluator:
         keep = [d == HARMLESS for d in doms]
         return generate_completions(
             self.model, prompts, max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size,
-            first_phase=self.config.first_phase, refusal_ids=self.refusal_ids, keep_logprobs=keep, desc=desc, **kw,
+            first_phase=self.config.first_phase, refusal_ids=self.refusal_ids, keep_logprobs=keep, desc=desc,
+            stop_on_refusal=self.config.stop_on_refusal, **kw,
         )
 
     def _result(
@@ -490,11 +700,26 @@ class Evaluator:
         return self._vanilla
 
     def evaluate_lm(self, name: str, lm: Any, authorized: Sequence[str], kind: str = "merged") -> VariantResult:
-        """A variant given as another HF model sharing the tokenizer (e.g. a merged profile)."""
+        """A variant given as another HF model sharing the tokenizer (e.g. a merged profile).
+
+        With ``config.use_drafts``, prompts outside ``authorized`` are evaluated by checking the vanilla
+        completion as a draft (:func:`generate_with_drafts`); authorized-domain prompts are generated.
+        """
         self.vanilla()
         prompts, doms = self.evalset.flat()
-        gen = self._generate(prompts, doms, name, lm=lm)
+        if self.config.use_drafts and self._vanilla_gen is not None and self._vanilla_gen.token_ids:
+            auth = set(authorized)
+            gen = generate_with_drafts(
+                self.model, lm, prompts, self._vanilla_gen, generate=[d in auth for d in doms],
+                max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size,
+                first_phase=self.config.first_phase, verify_batch_size=self.config.verify_batch_size,
+                refusal_ids=self.refusal_ids, keep_logprobs=[d == HARMLESS for d in doms], desc=name,
+                stop_on_refusal=self.config.stop_on_refusal,
+            )
+        else:
+            gen = self._generate(prompts, doms, name, lm=lm)
         res = self._result(name, kind, authorized, gen, doms, prompts)
+        res.extra["decoding"] = {k: gen.verified.count(k) for k in ("generated", "verified", "continued")}
         log.info("%s: %d tokens in %.1fs", name, res.n_generated, res.seconds)
         return res
 

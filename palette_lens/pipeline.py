@@ -74,7 +74,7 @@ class PipelineConfig:
     borderline_limit: int | None = 40
     max_new_tokens: int = 64
     batch_size: int = 64
-    first_phase: int = 16
+    first_phase: int = 12
     pairs: str = "first"
     steering_profiles: str = "all"
     ablation_profiles: str = "reference"

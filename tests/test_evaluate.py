@@ -268,3 +268,68 @@ def test_measure_latency_runs_every_variant(tiny_qwen):
     )
     assert set(res.ms_per_token) == {"vanilla", "hooked"} and all(v > 0 for v in res.ms_per_token.values())
     assert len(res.runs_ms["hooked"]) == 2 and res.ratios()["vanilla"] == 1.0
+
+
+# ---------------------------------------------------------------------- drafts
+def _small_adapter(model, scale: float, seed: int = 5):
+    from palette_lens.adapters import BakedAdapter
+    from palette_lens.bake import linear_module_names
+    from palette_lens.block_inputs import plain_decoder_layer
+
+    g = torch.Generator().manual_seed(seed)
+    prefix = model.decoder_layer_prefix(1)
+    layer = plain_decoder_layer(model, 1)
+    a, b = {}, {}
+    for name in linear_module_names(layer, prefix):
+        w = layer.get_submodule(name[len(prefix) + 1 :]).weight
+        a[name] = torch.randn(8, w.shape[1], generator=g) * scale
+        b[name] = torch.randn(w.shape[0], 8, generator=g) * scale
+    return BakedAdapter(1, a, b, meta={"domain": "cyber", "base_fingerprint": model.fingerprint})
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.05, 0.3])
+def test_drafts_give_the_same_completions_as_generation(stopping_model, scale):
+    from palette_lens.adapters import merged_hf_model, plain_hf_model
+    from palette_lens.evaluate import generate_with_drafts
+
+    m = stopping_model
+    prompts = PROMPTS * 2
+    vanilla = generate_completions(m, prompts, lm=plain_hf_model(m), max_new_tokens=10, first_phase=3)
+    lm = merged_hf_model(m, [_small_adapter(m, scale)])
+    direct = generate_completions(m, prompts, lm=lm, max_new_tokens=10, first_phase=3, refusal_ids=[5, 9],
+                                  keep_logprobs=[True] * len(prompts))
+    generate = [i % 3 == 0 for i in range(len(prompts))]
+    drafted = generate_with_drafts(m, lm, prompts, vanilla, generate=generate, max_new_tokens=10, first_phase=3,
+                                   verify_batch_size=4, refusal_ids=[5, 9], keep_logprobs=[True] * len(prompts))
+    assert drafted.texts == direct.texts and drafted.n_tokens == direct.n_tokens and drafted.ended == direct.ended
+    torch.testing.assert_close(drafted.first_scores, direct.first_scores, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(drafted.first_logprobs[1], direct.first_logprobs[1], atol=1e-4, rtol=1e-4)
+    assert drafted.verified.count("generated") == sum(generate)
+    if scale == 0.0:
+        assert drafted.verified.count("verified") == len(prompts) - sum(generate)
+    if scale == 0.3:
+        assert drafted.verified.count("continued") > 0
+
+
+def test_stop_on_refusal_keeps_the_judges_verdicts(stopping_model, monkeypatch):
+    """Cutting a sequence once the judge has seen a marker changes lengths, never verdicts."""
+    from palette_lens.adapters import merged_hf_model, plain_hf_model
+    from palette_lens.evaluate import generate_with_drafts
+
+    judge = lambda text: "em" in text  # noqa: E731 - a piece of some of the tiny model's early output
+    monkeypatch.setattr("palette_lens.evaluate.is_refusal", judge)
+    m = stopping_model
+    prompts = PROMPTS * 2
+    full = generate_completions(m, prompts, max_new_tokens=14, first_phase=4)
+    cut = generate_completions(m, prompts, max_new_tokens=14, first_phase=4, stop_on_refusal=True)
+    assert [judge(t) for t in cut.texts] == [judge(t) for t in full.texts]
+    assert sum(cut.n_tokens) < sum(full.n_tokens)  # some refusals were cut short
+    for a, b in zip(cut.token_ids, full.token_ids):
+        assert b[: len(a)] == a
+    # drafts that were cut: a model that reproduces them refuses too
+    vanilla = generate_completions(m, prompts, lm=plain_hf_model(m), max_new_tokens=14, first_phase=4,
+                                   stop_on_refusal=True)
+    lm = merged_hf_model(m, [_small_adapter(m, 0.1)])
+    direct = generate_completions(m, prompts, lm=lm, max_new_tokens=14, first_phase=4)
+    drafted = generate_with_drafts(m, lm, prompts, vanilla, max_new_tokens=14, first_phase=4, stop_on_refusal=True)
+    assert [judge(t) for t in drafted.texts] == [judge(t) for t in direct.texts]
