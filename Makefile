@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	else \
 		$(PIP) install -q torch==2.13.0; \
 	fi
-	$(PIP) install -q -e '.[dev,notebooks]'
+	$(PIP) install -q -e '.[dev,notebooks,browser]'
 	@touch $(STAMP)
 
 demo: install
