@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,8 +27,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_folder
 from .block_inputs import plain_tensor
 from .errors import AdapterMismatchError, PaletteError
+from .integrity import file_sha256
 from .models import ChatModel, weights_fingerprint
 
 log = logging.getLogger(__name__)
@@ -170,11 +170,13 @@ class BakedAdapter:
         def write(tmp: Path) -> None:
             save_file(self.peft_state_dict(), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
             (tmp / CONFIG_FILE).write_text(json.dumps(config_dict, indent=2, sort_keys=True, default=str))
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=_jsonable))
             if self.direction is not None:
                 save_file({"vector": self.direction.detach().float().contiguous().cpu()}, str(tmp / DIRECTION_FILE))
+            files = [WEIGHTS_FILE, CONFIG_FILE] + ([DIRECTION_FILE] if self.direction is not None else [])
+            meta["checksums"] = {name: file_sha256(tmp / name) for name in files}
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=_jsonable))
 
-        _atomic_folder(folder, write)
+        atomic_folder(folder, write)
         return folder
 
     @classmethod
@@ -193,13 +195,21 @@ class BakedAdapter:
             if not (folder / name).is_file():
                 raise PaletteError(f"{folder} is not a palette-lens adapter (missing {name})")
         try:
-            meta = json.loads((folder / META_FILE).read_text())
-            config = json.loads((folder / CONFIG_FILE).read_text())
-            tensors = load_file(str(folder / WEIGHTS_FILE))
-        except Exception as exc:  # noqa: BLE001 - any read failure means a damaged folder
+            meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+            config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
             raise PaletteError(f"adapter {folder} is corrupt or truncated: {exc}".splitlines()[0]) from None
+        if not isinstance(meta, dict) or not isinstance(config, dict):
+            raise PaletteError(f"adapter {folder} is corrupt: {META_FILE} and {CONFIG_FILE} must hold JSON objects")
         if meta.get("format") != FORMAT:
             raise PaletteError(f"{folder}: unknown adapter format {meta.get('format')!r} (expected {FORMAT})")
+        _verify_checksums(folder, meta.get("checksums"))
+        try:
+            tensors = load_file(str(folder / WEIGHTS_FILE))
+            has_direction = (folder / DIRECTION_FILE).is_file()
+            direction = load_file(str(folder / DIRECTION_FILE))["vector"] if has_direction else None
+        except Exception as exc:  # noqa: BLE001 - any read failure means a damaged folder
+            raise PaletteError(f"adapter {folder} is corrupt or truncated: {exc}".splitlines()[0]) from None
         lora_a, lora_b = {}, {}
         for key, t in tensors.items():
             if not key.startswith(_PEFT_PREFIX):
@@ -213,21 +223,79 @@ class BakedAdapter:
                 raise PaletteError(f"{folder}: unexpected tensor {key!r}")
         if set(lora_a) != set(lora_b) or not lora_a:
             raise PaletteError(f"{folder}: LoRA factors A and B do not pair up")
-        direction = None
-        if (folder / DIRECTION_FILE).is_file():
-            direction = load_file(str(folder / DIRECTION_FILE))["vector"]
+        block, rank, alpha = _check_meta(folder, meta, config, lora_a, lora_b, direction)
         adapter = cls(
-            layer_index=int(meta["block"]),
+            layer_index=block,
             lora_A=lora_a,
             lora_B=lora_b,
-            rank=int(config.get("r", meta.get("rank", 8))),
-            alpha=float(config.get("lora_alpha", meta.get("alpha", 16.0))),
-            meta={k: v for k, v in meta.items() if k not in ("format", "modules")},
+            rank=rank,
+            alpha=alpha,
+            meta={k: v for k, v in meta.items() if k not in ("format", "modules", "checksums")},
             direction=direction,
         )
         if model is not None:
             adapter.check_base(model)
         return adapter
+
+
+def _verify_checksums(folder: Path, checksums: Any) -> None:
+    """Check the files of an adapter folder against the sha256 recorded in its metadata when it was saved.
+
+    Folders saved before checksums were recorded (no ``checksums`` key) are accepted unchecked.
+    """
+    if checksums is None:
+        return
+    if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
+        raise PaletteError(f"adapter {folder}: 'checksums' in {META_FILE} is malformed")
+    expected = {WEIGHTS_FILE, CONFIG_FILE} | ({DIRECTION_FILE} if (folder / DIRECTION_FILE).is_file() else set())
+    if set(checksums) != expected:
+        raise PaletteError(
+            f"adapter {folder}: its files ({', '.join(sorted(expected))}) differ from those recorded in {META_FILE} "
+            f"({', '.join(sorted(checksums))}); the folder was modified"
+        )
+    for name, digest in sorted(checksums.items()):
+        if file_sha256(folder / name) != digest:
+            raise PaletteError(
+                f"adapter {folder}: {name} does not match the sha256 recorded in {META_FILE}; the folder is "
+                f"corrupt or was modified (bake the adapter again)"
+            )
+
+
+def _check_meta(
+    folder: Path, meta: dict, config: dict, lora_a: dict[str, torch.Tensor], lora_b: dict[str, torch.Tensor],
+    direction: torch.Tensor | None,
+) -> tuple[int, int, float]:
+    """Check that an adapter's metadata agrees with its tensors; returns (block, rank, alpha)."""
+
+    def bad(why: str) -> PaletteError:
+        return PaletteError(f"adapter {folder}: {why}; the metadata is damaged or was edited (bake it again)")
+
+    block = meta.get("block")
+    if not isinstance(block, int) or isinstance(block, bool) or block < 0:
+        raise bad(f"'block' in {META_FILE} must be a non-negative integer, not {block!r}")
+    fingerprint = meta.get("base_fingerprint")
+    if not isinstance(fingerprint, str) or not fingerprint:
+        raise bad(f"{META_FILE} records no base-model fingerprint")
+    for name in lora_a:
+        indices = [part for part in name.split(".") if part.isdigit()]  # the first one is the block's
+        if indices[:1] != [str(block)]:
+            raise bad(f"module {name!r} is not in block {block} recorded in {META_FILE}")
+    if "modules" in meta and meta["modules"] != sorted(lora_a):
+        raise bad(f"the modules listed in {META_FILE} are not the ones in {WEIGHTS_FILE}")
+    rank = config.get("r", meta.get("rank", 8))
+    alpha = config.get("lora_alpha", meta.get("alpha", 16.0))
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise bad(f"LoRA rank must be a positive integer, not {rank!r}")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise bad(f"LoRA alpha must be a finite number, not {alpha!r}")
+    for name, a in lora_a.items():
+        b = lora_b[name]
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != rank or b.shape[1] != rank:
+            raise bad(f"module {name!r} has LoRA factors of shapes {tuple(a.shape)} and {tuple(b.shape)}, "
+                      f"not of rank {rank}")
+    if direction is not None and direction.ndim != 1:
+        raise bad(f"{DIRECTION_FILE} must hold a vector, not shape {tuple(direction.shape)}")
+    return block, rank, float(alpha)
 
 
 def load_adapter(folder: str | Path, model: ChatModel | Any | str | None = None) -> BakedAdapter:
@@ -364,22 +432,3 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return str(obj)
-
-
-def _atomic_folder(folder: Path, write) -> None:
-    """Build ``folder`` in a temporary sibling and swap it into place (a reader never sees a partial folder)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    old = None
-    try:
-        write(tmp)
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
-            os.rmdir(old)
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and old.exists():
-            shutil.rmtree(old, ignore_errors=True)

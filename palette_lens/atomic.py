@@ -1,21 +1,59 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename it into place."""
+"""Atomic writes: build a file or folder beside its target, then rename it into place.
+
+A reader (or a rerun after a crash, a full disk or Ctrl-C) sees either the previous complete version or
+the new complete version, never a partial one. Temporary names start with ``.`` and end with ``.tmp``;
+they are removed when the write fails.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 
+def _default_mode(path: Path, base: int) -> int:
+    """Permissions a plain ``open``/``mkdir`` would give (``base`` minus the umask), or the old file's."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return base & ~umask
+
+
+def _fsync(path: str | Path) -> None:
+    """Flush a file's data to disk (best effort: some file systems do not support it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
-    """Call ``write(tmp_path)`` and rename the result to ``path``; nothing partial is ever left at ``path``."""
+    """Call ``write(tmp_path)`` and rename the result to ``path``; nothing partial is ever left at ``path``.
+
+    When ``write`` raises (e.g. ``OSError(ENOSPC)`` on a full disk), the temporary file is removed and a
+    previous file at ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _default_mode(path, 0o666)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # mkstemp creates 0600; give the file the permissions a plain write would
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -26,3 +64,36 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def atomic_folder(folder: str | Path, write: Callable[[Path], object]) -> Path:
+    """Build ``folder`` by ``write(tmp_folder)`` in a temporary sibling and swap it into place.
+
+    A previous ``folder`` is replaced only after ``write`` has succeeded; when ``write`` raises, the
+    temporary folder is removed and the previous folder is left as it was.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    mode = _default_mode(folder, 0o777)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    old = None
+    try:
+        write(tmp)
+        os.chmod(tmp, mode)  # mkdtemp creates 0700
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                _fsync(p)
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
+            os.rmdir(old)
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists():
+            if not folder.exists():  # the swap failed half way: put the previous folder back
+                os.replace(old, folder)
+            else:
+                shutil.rmtree(old, ignore_errors=True)
+    return folder

@@ -19,9 +19,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +27,7 @@ from typing import Any
 import torch
 
 from .adapters import BakedAdapter, load_adapter, merged_hf_model, plain_hf_model, sum_deltas
+from .atomic import atomic_folder
 from .errors import PaletteError
 from .models import ChatModel
 
@@ -230,24 +228,14 @@ def export_profile(
         "adapters": [{"domain": a.domain, "block": a.layer_index, "layer": a.layer,
                       "position": a.meta.get("position")} for a in adapters],
     }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    old = None
-    try:
-        if hasattr(merged.config, "quantization_config"):
-            del merged.config.quantization_config
+    if hasattr(merged.config, "quantization_config"):
+        del merged.config.quantization_config
+
+    def write(tmp: Path) -> None:
         merged.save_pretrained(tmp, safe_serialization=True)
         model.tokenizer.save_pretrained(tmp)
         (tmp / PROFILE_FILE).write_text(json.dumps(info, indent=1))
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
-            os.rmdir(old)
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and old.exists():
-            shutil.rmtree(old, ignore_errors=True)
+
+    atomic_folder(folder, write)
     log.info("exported profile %s to %s", profile.name, folder)
     return folder
