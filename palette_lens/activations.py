@@ -1,7 +1,8 @@
 """Batched residual-stream collection (``resid_pre`` of every layer at post-instruction positions).
 
 Vectors are read through TransformerLens hooks; means are accumulated in float64. An optional disk
-cache (safetensors) is keyed by model fingerprint, prompts, layers and positions.
+cache (safetensors with a sha256 of its content) is keyed by model fingerprint, prompts, layers and
+positions; a damaged entry is recomputed.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_write
+from .integrity import load_checked, save_checked
 from .models import ChatModel
 from .paths import cache_root
 
@@ -97,10 +97,11 @@ def collect_residuals(
         folder = cache_root() / "activations" if cache is True else Path(cache)
         cache_file = folder / f"{_cache_key(model, prompts, layers, positions)}.safetensors"
         if cache_file.is_file():
-            try:
-                return Residuals(load_file(str(cache_file))["vectors"], layers, positions)
-            except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt
-                log.warning("activation cache %s unreadable; recomputing", cache_file)
+            cached = load_checked(cache_file)  # None when unreadable, truncated or altered: recomputed
+            want = (len(prompts), len(layers), len(positions), model.d_model)
+            if cached is not None and tuple(cached[0].get("vectors", torch.empty(0)).shape) == want:
+                return Residuals(cached[0]["vectors"], layers, positions)
+            log.warning("activation cache %s unusable; recomputing", cache_file)
     pos_index = torch.tensor(positions)
     stop_at = max(layers) + 1
     chunks: list[torch.Tensor] = []
@@ -126,5 +127,5 @@ def collect_residuals(
         chunks.append(out)
     vectors = torch.cat(chunks) if chunks else torch.empty(0, len(layers), len(positions), model.d_model)
     if cache_file is not None:
-        atomic_write(cache_file, lambda tmp: save_file({"vectors": vectors.contiguous()}, tmp))
+        save_checked(cache_file, {"vectors": vectors})
     return Residuals(vectors, layers, positions)
