@@ -92,17 +92,27 @@ class Direction:
         meta_path, tensor_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
         if not meta_path.is_file() or not tensor_path.is_file():
             raise PaletteError(f"direction files not found: {meta_path} / {tensor_path}")
-        meta = json.loads(meta_path.read_text())
-        vector = load_file(str(tensor_path))["vector"]
-        return cls(
-            vector=vector,
-            layer=int(meta["layer"]),
-            position=int(meta["position"]),
-            domain=str(meta["domain"]),
-            model_fingerprint=meta.get("model_fingerprint", ""),
-            data_hash=meta.get("data_hash", ""),
-            meta=meta.get("meta", {}),
-        )
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            vector = load_file(str(tensor_path))["vector"]
+            direction = cls(
+                vector=vector,
+                layer=int(meta["layer"]),
+                position=int(meta["position"]),
+                domain=str(meta["domain"]),
+                model_fingerprint=str(meta.get("model_fingerprint", "")),
+                data_hash=str(meta.get("data_hash", "")),
+                meta=dict(meta.get("meta", {})),
+            )
+        except Exception as exc:  # noqa: BLE001 - any read failure means damaged files
+            reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PaletteError(f"direction {stem} is corrupt or incomplete ({reason})") from None
+        if vector.ndim != 1 or not torch.isfinite(vector).all():
+            raise PaletteError(f"direction {stem} is corrupt: the vector must be finite and one-dimensional")
+        if "d_model" in meta and meta["d_model"] != vector.shape[0]:
+            raise PaletteError(f"direction {stem} is corrupt: {meta_path.name} says d_model {meta['d_model']}, "
+                               f"the vector has {vector.shape[0]}")
+        return direction
 
 
 def diff_in_means(

@@ -54,7 +54,10 @@ def _direction(args: argparse.Namespace, model, prompts, out: Path):
         folder = Path(args.from_search)
         path = folder / "directions" / f"{args.target}.json"
         if (folder / "search.json").is_file():
-            direction = SearchResult.load(folder, target=args.target).chosen
+            try:
+                direction = SearchResult.load(folder, target=args.target).chosen
+            except (ValueError, KeyError, TypeError) as exc:  # bad JSON or missing fields
+                raise PaletteError(f"{folder / 'search.json'} is corrupt or incomplete ({exc})") from None
         elif path.is_file():
             direction = Direction.load(path)
         else:
