@@ -20,12 +20,15 @@ prompts whose condition does not fire).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import statistics
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +37,7 @@ from tqdm.auto import tqdm
 from .baseline import BaselineTable, DomainRefusal, truncate
 from .data import BORDERLINE, HARMLESS, RESERVED, PromptSet
 from .models import ChatModel, Hook
+from .paths import cache_root
 from .refusal import first_token_kl, is_refusal, opener_tokens, refusal_scores
 from .stats import wilson_interval
 
@@ -405,6 +409,41 @@ def generate_with_drafts(
     return _package(model, new, ended, first, refusal_ids, keep_logprobs, t0, status)
 
 
+# ---------------------------------------------------------------------- disk cache of generations
+_CACHE_VERSION = 1
+
+
+def save_generations(path: str | Path, gen: Generations) -> Path:
+    """Write :class:`Generations` to a safetensors file (tensors + JSON metadata), atomically."""
+    from .integrity import save_checked
+
+    keep = sorted(gen.first_logprobs)
+    tensors = {"first_scores": (gen.first_scores if gen.first_scores is not None else torch.empty(0)).contiguous()}
+    if keep:
+        tensors["first_logprobs"] = torch.stack([gen.first_logprobs[i] for i in keep]).contiguous()
+    meta = {"texts": gen.texts, "token_ids": gen.token_ids, "ended": gen.ended, "keep": keep,
+            "seconds": gen.seconds, "has_scores": gen.first_scores is not None}
+    return save_checked(path, tensors, {"generations": json.dumps(meta)})  # sha256-checked, atomic
+
+
+def load_generations(path: str | Path) -> Generations | None:
+    """Read :func:`save_generations` output (None when the file is unreadable, truncated or altered)."""
+    from .integrity import load_checked
+
+    try:
+        tensors, raw = load_checked(path)  # TypeError (None) when unreadable, truncated or altered
+        meta = json.loads(raw["generations"])
+        scores = tensors["first_scores"] if meta["has_scores"] else None
+        lps = tensors["first_logprobs"] if meta["keep"] else None
+    except Exception:  # noqa: BLE001 - a damaged cache entry is regenerated
+        log.warning("generation cache %s unreadable; generating again", path)
+        return None
+    first = {i: lps[j] for j, i in enumerate(meta["keep"])} if lps is not None else {}
+    n = len(meta["texts"])
+    return Generations(meta["texts"], [len(t) for t in meta["token_ids"]], scores, first, meta["seconds"],
+                       meta["token_ids"], meta["ended"], ["cached"] * n)
+
+
 # ---------------------------------------------------------------------- the evaluated prompts
 @dataclass(frozen=True)
 class EvalSet:
@@ -639,9 +678,11 @@ class Evaluator:
         evalset: EvalSet,
         config: EvalConfig = EvalConfig(),
         refusal_ids: Sequence[int] | None = None,
+        cache: bool | str | Path = False,
     ) -> None:
         from .adapters import plain_hf_model
 
+        self.cache = cache
         self.model = model
         self.evalset = evalset
         self.config = config
@@ -650,6 +691,20 @@ class Evaluator:
         self._vanilla: VariantResult | None = None
         self._vanilla_lp: dict[int, torch.Tensor] = {}
         self._vanilla_gen: Generations | None = None
+
+    def _cache_path(self, prompts: Sequence[str]) -> Path | None:
+        """Where vanilla generations of these prompts and settings are cached (None: no cache)."""
+        if not self.cache:
+            return None
+        folder = cache_root() / "generations" if self.cache is True else Path(self.cache)
+        c = self.config
+        digest = hashlib.sha256(json.dumps([
+            _CACHE_VERSION, self.model.fingerprint, self.model.system_prompt, c.max_new_tokens, c.first_phase,
+            c.stop_on_refusal, list(self.refusal_ids),
+        ]).encode())
+        for p in prompts:
+            digest.update(p.encode() + b"\x00")
+        return folder / f"{digest.hexdigest()[:24]}.safetensors"
 
     @property
     def plain_model(self) -> Any:
@@ -688,10 +743,21 @@ class Evaluator:
 
     # ---- variants
     def vanilla(self) -> VariantResult:
-        """The unmodified model (generated once, then cached)."""
+        """The unmodified model (generated once, then cached; on disk too when ``cache`` is set)."""
         if self._vanilla is None:
             prompts, doms = self.evalset.flat()
-            gen = self._generate(prompts, doms, "vanilla", lm=self._plain)
+            gen = None
+            path = self._cache_path(prompts)
+            if path is not None and path.is_file():
+                gen = load_generations(path)
+                if gen is not None and len(gen.texts) != len(prompts):
+                    gen = None
+                if gen is not None:
+                    log.info("vanilla generations read from the cache %s", path)
+            if gen is None:
+                gen = self._generate(prompts, doms, "vanilla", lm=self._plain)
+                if path is not None:
+                    save_generations(path, gen)
             self._vanilla_gen = gen
             self._vanilla_lp = dict(gen.first_logprobs)
             self._vanilla = self._result("vanilla", "vanilla", (), gen, doms, prompts)

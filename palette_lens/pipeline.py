@@ -40,6 +40,8 @@ from .models import ChatModel
 log = logging.getLogger(__name__)
 
 DEFAULT_TARGETS = ("cyber", "violence", "hate")
+# Written last, in this order; a folder holding metrics.json is a finished run (a rerun starts clean).
+SUMMARY_FILES = ("details.json", "report.html", "metrics.json")
 METRICS_KEYS = (
     "model", "n_layers", "domains", "baseline", "adapters", "profiles", "baselines", "latency_ms_per_token",
     "timings_s",
@@ -66,6 +68,8 @@ class PipelineConfig:
         bake: overrides of :class:`palette_lens.bake.BakeConfig`.
         latency_tokens, latency_batch, latency_repeats: latency measurement settings.
         widen: points the quality floors are widened by (the quick preset's fewer prompts are noisier).
+        cache_generations: keep vanilla generations in the user cache (a rerun on the same model, prompts
+            and settings skips the baseline generation).
     """
 
     targets: tuple[str, ...] = ()
@@ -86,6 +90,7 @@ class PipelineConfig:
     latency_repeats: int = 3
     widen: float = 0.0
     quick: bool = False
+    cache_generations: bool = True
 
     @classmethod
     def full(cls, **overrides: Any) -> PipelineConfig:
@@ -99,9 +104,7 @@ class PipelineConfig:
             harmless_limit=24,
             borderline_limit=12,
             steering_profiles="singles",
-            n_train=12,
-            search={"n_val": 6, "n_val_other": 1, "top_k": 4, "n_proxy": 4},
-            bake={"steps": 60, "eval_every": 20, "max_per_group": 36, "val_per_domain": 3},
+            search={"top_k": 6},
             latency_tokens=12,
             latency_repeats=3,
             widen=0.10,
@@ -258,6 +261,8 @@ def run_pipeline(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for name in SUMMARY_FILES:  # a previous run's summary must not describe this run's (partial) outputs
+        (out / name).unlink(missing_ok=True)
     timings = dict(timings or {})
     timer = _Timer(timings)
     adapters = dict(adapters or {})
@@ -288,6 +293,7 @@ def run_pipeline(
                                 config.borderline_limit)
         evaluator = Evaluator(
             model, evalset, EvalConfig(config.max_new_tokens, config.batch_size, config.first_phase),
+            cache=config.cache_generations,
         )
         vanilla = evaluator.vanilla()
         table = vanilla.baseline_table(model.name, config.max_new_tokens)

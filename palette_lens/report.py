@@ -141,7 +141,7 @@ def build_report(metrics: Mapping, details: Mapping, title: str = "palette-lens 
         f"<code>{_e(details.get('model', {}).get('fingerprint', ''))}</code>). Target domains: "
         f"<b>{_e(', '.join(metrics['adapters']))}</b>. All numbers on the <b>test split</b> "
         f"(greedy, {details.get('config', {}).get('max_new_tokens', '?')} new tokens, keyword judge); "
-        f"prompts per domain: {_e(details.get('evaluated_n', {}))}.</p>"
+        f"prompts per domain: {_e(', '.join(f'{k} {v}' for k, v in details.get('evaluated_n', {}).items()))}.</p>"
     )
     if details.get("config", {}).get("quick"):
         parts.append('<p class="muted">Quick run: few prompts per domain, so the rates are coarse (see the '

@@ -333,3 +333,23 @@ def test_stop_on_refusal_keeps_the_judges_verdicts(stopping_model, monkeypatch):
     direct = generate_completions(m, prompts, lm=lm, max_new_tokens=14, first_phase=4)
     drafted = generate_with_drafts(m, lm, prompts, vanilla, max_new_tokens=14, first_phase=4, stop_on_refusal=True)
     assert [judge(t) for t in drafted.texts] == [judge(t) for t in direct.texts]
+
+
+def test_vanilla_generations_disk_cache(stopping_model, tmp_path, monkeypatch):
+    es = EvalSet.build(toy_prompts(20), limit=3)
+    cfg = EvalConfig(max_new_tokens=6, batch_size=8, first_phase=3)
+    first = Evaluator(stopping_model, es, cfg, cache=tmp_path).vanilla()
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    monkeypatch.setattr("palette_lens.evaluate.generate_completions", lambda *a, **k: pytest.fail("regenerated"))
+    ev = Evaluator(stopping_model, es, cfg, cache=tmp_path)
+    again = ev.vanilla()
+    assert again.texts == first.texts and again.first_scores == first.first_scores
+    assert set(ev._vanilla_lp) == {i for i, d in enumerate(es.flat()[1]) if d == "harmless"}
+    # other settings, other entry
+    monkeypatch.undo()
+    Evaluator(stopping_model, es, EvalConfig(max_new_tokens=5, batch_size=8, first_phase=3), cache=tmp_path).vanilla()
+    assert len(list(tmp_path.glob("*.safetensors"))) == 2
+    # a damaged entry is regenerated, not trusted
+    for f in tmp_path.glob("*.safetensors"):
+        f.write_bytes(b"broken")
+    assert Evaluator(stopping_model, es, cfg, cache=tmp_path).vanilla().texts == first.texts

@@ -26,7 +26,7 @@ TINY = PipelineConfig(
     eval_limit=4, harmless_limit=6, borderline_limit=4, max_new_tokens=6, batch_size=16, first_phase=3,
     search={"n_val": 3, "n_val_other": 1, "top_k": 2, "n_proxy": 2},
     bake={"steps": 4, "eval_every": 2, "max_per_group": 8, "val_per_domain": 2},
-    latency_tokens=2, latency_batch=2, latency_repeats=1, steering_profiles="singles",
+    latency_tokens=2, latency_batch=2, latency_repeats=1, steering_profiles="singles", cache_generations=False,
 )
 
 
@@ -102,7 +102,7 @@ def test_evaluate_and_compose_commands_reuse_adapters(tiny_qwen, tiny_run, tmp_p
         monkeypatch.setattr(f"palette_lens.commands.{mod}.load_model_from_args", lambda args: tiny_qwen)
     out = tmp_path / "eval"
     code = cli.main(["evaluate", "--from", str(run_dir), "--profile", "hate", "--profile", "cyber+hate", "--quick",
-                     "--eval-limit", "3", "--max-new-tokens", "4", "--out", str(out), "--no-report"])
+                     "--eval-limit", "3", "--max-new-tokens", "4", "--out", str(out), "--no-report", "--no-cache"])
     assert code == 0
     m = json.loads((out / "metrics.json").read_text())
     assert "search" not in m["timings_s"] and "bake" not in m["timings_s"]
@@ -141,7 +141,7 @@ def test_run_command_with_user_domains(tiny_qwen, tmp_path, monkeypatch, capsys)
     user.write_text("".join(json.dumps({**r.to_dict(), "source": "test"}) + "\n" for rs in recs.values() for r in rs))
     out = tmp_path / "out"
     code = cli.main(["run", "--target", "phishing", "--target", "weapons", "--data", str(user), "--replace-data",
-                     "--quick", "--eval-limit", "4", "--max-new-tokens", "6", "--out", str(out)])
+                     "--quick", "--eval-limit", "4", "--max-new-tokens", "6", "--no-cache", "--out", str(out)])
     assert code == 0
     m = json.loads((out / "metrics.json").read_text())
     check_metrics_schema(m, ["phishing", "weapons"], ["phishing", "weapons", "phishing+weapons"])
@@ -170,3 +170,28 @@ def test_check_floors():
     assert check_floors(leaky, base, ["a"], ["a", "b", "c"], 0.05, widen=0.25)["checks"]["kept_worst"]["ok"]
     pair = check_floors({**good, "b": 0.18}, base, ["a", "b"], ["a", "b", "c"], 0.05)
     assert pair["ok"] and "kept_mean" not in pair["checks"]
+
+
+@pytest.mark.integration
+def test_pipeline_on_default_model_small(default_model, tmp_path):
+    """A very small end-to-end run on the default model: one target, two harmful domains, short generations."""
+    from palette_lens.data import load_prompts
+
+    ps = load_prompts(domains=["cyber", "violence"])
+    cfg = PipelineConfig(
+        targets=("cyber",), eval_limit=5, harmless_limit=5, borderline_limit=3, max_new_tokens=16, batch_size=32,
+        first_phase=8, n_train=8, search={"top_k": 3, "n_val": 6, "n_val_other": 3},
+        bake={"steps": 40, "eval_every": 20}, latency_tokens=4, latency_batch=2, latency_repeats=1,
+        steering_profiles="reference", cache_generations=False,
+    )
+    res = run_pipeline(default_model, ps, tmp_path, cfg, progress=False, report=False)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    check_metrics_schema(m, ["cyber"], ["cyber"])
+    assert m["domains"] == ["cyber", "violence"] and m["n_layers"] == 24
+    v = res.details["variants"]
+    drop_cyber = v["vanilla"]["first_token_score"]["cyber"] - v["cyber"]["first_token_score"]["cyber"]
+    drop_violence = v["vanilla"]["first_token_score"]["violence"] - v["cyber"]["first_token_score"]["violence"]
+    assert drop_cyber > 1.0  # the cyber adapter lowers the cyber refusal score ...
+    assert drop_violence < drop_cyber / 2  # ... much more than the non-target domain's
+    assert m["profiles"]["cyber"]["refusal_rate"]["cyber"] <= m["baseline"]["refusal_rate"]["cyber"]
+    assert m["profiles"]["cyber"]["harmless_kl"] < 0.5

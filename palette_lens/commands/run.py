@@ -27,6 +27,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, default_out: str) ->
     parser.add_argument("--max-new-tokens", type=int, default=None, help="greedy tokens per completion (default 64)")
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per generation batch (default 64)")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="generate the vanilla baseline again even when cached from an identical run")
 
 
 def pipeline_config(args: argparse.Namespace, targets: list[str] | None = None):
@@ -38,6 +40,8 @@ def pipeline_config(args: argparse.Namespace, targets: list[str] | None = None):
     for key in ("pairs", "eval_limit", "max_new_tokens", "batch_size"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
+    if getattr(args, "no_cache", False):
+        overrides["cache_generations"] = False
     return PipelineConfig.quick_preset(**overrides) if args.quick else PipelineConfig.full(**overrides)
 
 
