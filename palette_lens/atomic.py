@@ -13,6 +13,7 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 
 def _default_mode(path: Path, base: int) -> int:
@@ -39,6 +40,14 @@ def _fsync(path: str | Path) -> None:
         os.close(fd)
 
 
+def _raise_named(exc: OSError, tmp: str | Path, target: Path) -> NoReturn:
+    """Raise ``exc`` naming ``target`` instead of a temporary path (or of nothing), same errno and class."""
+    name = str(exc.filename) if exc.filename is not None else None
+    if exc.errno is None or (name is not None and not name.startswith(str(tmp))):
+        raise exc
+    raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(target)) from exc
+
+
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     """Call ``write(tmp_path)`` and rename the result to ``path``; nothing partial is ever left at ``path``.
 
@@ -55,6 +64,8 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
         os.chmod(tmp, mode)  # mkstemp creates 0600; give the file the permissions a plain write would
         _fsync(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        _raise_named(exc, tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -78,7 +89,10 @@ def atomic_folder(folder: str | Path, write: Callable[[Path], object]) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     old = None
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except OSError as exc:
+            _raise_named(exc, tmp, folder)
         os.chmod(tmp, mode)  # mkdtemp creates 0700
         for p in tmp.rglob("*"):
             if p.is_file():

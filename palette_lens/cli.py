@@ -1,7 +1,8 @@
 """Command line: ``palette-lens <command> ...``; each command lives in ``palette_lens.commands.<name>``.
 
-Errors the user can fix (:class:`palette_lens.errors.PaletteError`) are printed as one line with a
-non-zero exit code, never as a traceback.
+Errors the user can fix (:class:`palette_lens.errors.PaletteError`), operating-system errors (disk full)
+and unexpected errors are printed as one line with a non-zero exit code, never as a traceback (``-v``
+shows the traceback of an unexpected error).
 """
 
 from __future__ import annotations
@@ -42,7 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: object) -> str:
+    """``text`` on one line (messages from other libraries can span several)."""
+    return " ".join(str(text).split()) or "(no message)"
+
+
+def error(message: object) -> None:
+    """Print ``palette-lens: error: <message>`` as one line on standard error."""
+    print(f"palette-lens: error: {_one_line(message)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; user-fixable errors give one line on stderr and a non-zero exit code.
+
+    Exit codes: 0 success, 2 bad input (:class:`PaletteError`, also argparse's usage errors), 1 an
+    operating-system error (disk full, permission denied, ...) or an unexpected error (with ``-v`` the
+    traceback is shown), 130 interrupted.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
@@ -50,11 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except PaletteError as exc:
-        print(f"palette-lens: error: {exc}", file=sys.stderr)
+        error(exc)
         return 2
     except KeyboardInterrupt:
         print("palette-lens: interrupted (outputs written so far are complete files)", file=sys.stderr)
         return 130
+    except OSError as exc:
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        error(f"{exc.strerror or exc}{where}; outputs written so far are complete files")
+        return 1
+    except Exception as exc:  # never a traceback unless asked for (-v)
+        if args.verbose:
+            raise
+        error(f"unexpected {type(exc).__name__}: {exc} (rerun with -v for the traceback and please report it)")
+        return 1
 
 
 if __name__ == "__main__":
