@@ -7,7 +7,9 @@ legitimate prompts (for over-refusal checks); every other domain is a harmful do
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import io
 import json
 import os
 import random
@@ -21,6 +23,8 @@ HARMLESS = "harmless"
 BORDERLINE = "borderline"
 RESERVED = (HARMLESS, BORDERLINE)
 MIN_PROMPTS_TO_SPLIT = 5
+MAX_DOMAIN_LENGTH = 64
+_FORBIDDEN = frozenset("/\\+,")
 
 
 def builtin_data_dir() -> Path:
@@ -41,29 +45,73 @@ class Record:
         return {"prompt": self.prompt, "domain": self.domain, **dict(self.extra)}
 
 
+def check_domain_name(domain: str) -> str | None:
+    """Why ``domain`` cannot be a domain name, or None when it can.
+
+    Domain names become file and folder names (``adapters/<domain>/``) and profile names (``a+b``), so
+    they must not start with ``.`` nor contain ``/``, ``\\``, ``+``, ``,`` or control characters.
+    """
+    if len(domain) > MAX_DOMAIN_LENGTH:
+        return f"domain names are at most {MAX_DOMAIN_LENGTH} characters"
+    if domain.startswith("."):
+        return "domain names cannot start with '.'"
+    bad = sorted({c for c in domain if c in _FORBIDDEN or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        return f"domain names cannot contain {', '.join(repr(c) for c in bad)}"
+    return None
+
+
+def _valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from JSON escapes such as "\ud800"
+        return False
+    return True
+
+
+def _read_text(path: Path) -> str:
+    """The file's text (UTF-8, an optional byte-order mark dropped); errors name the file and line."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the data file ({exc.strerror or exc})") from None
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        lineno = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {data[exc.start]:#04x})") from None
+
+
 def read_jsonl(path: str | Path) -> list[Record]:
-    """Read records from a JSONL file; errors name the file and line."""
+    """Read records from a JSONL file; errors name the file and line (blank lines count, and are skipped)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
     records: list[Record] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object with 'prompt' and 'domain'")
-            prompt, domain = obj.get("prompt"), obj.get("domain")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise DataError(f"{path}:{lineno}: 'prompt' must be a non-empty string")
-            if not isinstance(domain, str) or not domain.strip():
-                raise DataError(f"{path}:{lineno}: 'domain' must be a non-empty string")
-            extra = tuple(sorted((k, v) for k, v in obj.items() if k not in ("prompt", "domain")))
-            records.append(Record(prompt.strip(), domain.strip(), extra))
+    for lineno, line in enumerate(io.StringIO(_read_text(path), newline=None), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{lineno}: not valid JSON (nested too deeply)") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object with 'prompt' and 'domain'")
+        prompt, domain = obj.get("prompt"), obj.get("domain")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{path}:{lineno}: 'prompt' must be a non-empty string")
+        if not isinstance(domain, str) or not domain.strip():
+            raise DataError(f"{path}:{lineno}: 'domain' must be a non-empty string")
+        if not _valid_unicode(prompt) or not _valid_unicode(domain):
+            raise DataError(f"{path}:{lineno}: 'prompt' and 'domain' must be valid Unicode (no lone surrogates)")
+        why = check_domain_name(domain.strip())
+        if why:
+            raise DataError(f"{path}:{lineno}: domain {domain.strip()!r} is not allowed: {why}")
+        extra = tuple(sorted((k, v) for k, v in obj.items() if k not in ("prompt", "domain")))
+        records.append(Record(prompt.strip(), domain.strip(), extra))
     if not records:
         raise DataError(f"{path}: the file holds no records")
     return records

@@ -9,7 +9,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--device``, ``--dtype``, ``--device-map``."""
     parser.add_argument("--model", default=None, help="HF id, local HF folder or .gguf file (default: embedded model)")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0")
-    parser.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="weight dtype: float32 (default), bfloat16, float16")
     parser.add_argument("--device-map", default=None, help="accelerate device map, e.g. auto")
 
 
@@ -27,9 +28,16 @@ def load_model_from_args(args: argparse.Namespace):
 
 
 def load_data_from_args(args: argparse.Namespace):
+    """The prompt set of ``--data`` / ``--replace-data`` / ``--seed``, every domain checked to split.
+
+    Checking the splits here reports a domain with too few prompts before the model is loaded.
+    """
     from ..data import load_prompts
 
-    return load_prompts(args.data, replace=args.replace_data, seed=args.seed)
+    prompts = load_prompts(args.data, replace=args.replace_data, seed=args.seed)
+    for domain in prompts.domains:
+        prompts.split(domain)
+    return prompts
 
 
 def echo(text: str = "") -> None:
