@@ -129,17 +129,19 @@ def convert_gguf_to_folder(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def ensure_default_model(cache_dir: Path | None = None) -> Path:
+def ensure_default_model(cache_dir: Path | None = None, verify: bool = False) -> Path:
     """Return a folder with the dequantized default model, building it once (about a minute).
 
     Safe under concurrency (a file lock) and interruption (build in a temporary folder, then rename).
+    The cache is checked against its manifest by file sizes; with ``verify`` also by sha256 (a few
+    seconds), and a cache that fails the check is rebuilt.
     """
     target = Path(cache_dir) if cache_dir else default_cache_dir()
-    if cache_is_valid(target):
+    if cache_is_valid(target, deep=verify):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if cache_is_valid(target):  # another process built it while we waited
+        if cache_is_valid(target, deep=verify):  # another process built it while we waited
             return target
         if target.exists():
             log.warning("cache %s is incomplete or corrupt; rebuilding it", target)

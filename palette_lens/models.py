@@ -316,16 +316,16 @@ def load_model(
         device_map: passed to ``from_pretrained`` (accelerate dispatch), e.g. "auto" for several GPUs.
         system_prompt: an optional system message added to every chat.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from . import embedded
 
     if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+        dtype_name, dtype = dtype, getattr(torch, dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ModelLoadError(f"unknown dtype {dtype_name!r} (use float32, bfloat16 or float16)")
     kwargs: dict[str, Any] = {"dtype": dtype}
     if device_map is not None:
         if device is not None:
-            raise ValueError("pass either device or device_map, not both")
+            raise ModelLoadError("pass either device or device_map, not both")
         kwargs["device_map"] = device_map
 
     if model is None or str(model) == "default":
@@ -349,24 +349,48 @@ def load_model(
         else:
             load_from, name, source, tok_kwargs = str(model), str(model), str(model), {}
     try:
+        tokenizer, hf_model = _from_pretrained(load_from, tok_kwargs, kwargs, name, model)
+    except ModelLoadError:
+        if model is not None and str(model) != "default":
+            raise
+        # the cached default model did not load: check it by hash, rebuild it when damaged, try once more
+        log.warning("the cached default model did not load; verifying its files by sha256")
+        load_from = str(embedded.ensure_default_model(verify=True))
+        tokenizer, hf_model = _from_pretrained(load_from, tok_kwargs, kwargs, name, model)
+    if tok_kwargs.get("gguf_file"):
+        hf_model.hf_quantizer = None  # dequantized floats; lets users save/merge like any HF model
+        if hasattr(hf_model.config, "quantization_config"):
+            del hf_model.config.quantization_config
+    if device is not None:
+        try:
+            hf_model.to(device)
+        except (RuntimeError, AssertionError, ValueError) as exc:
+            raise ModelLoadError(f"cannot move the model to {device!r}: {exc}".splitlines()[0]) from exc
+    log.info("loaded %s", name)
+    return wrap_model(hf_model, tokenizer, name, source=source, system_prompt=system_prompt, adapter_name=adapter_name)
+
+
+def _from_pretrained(load_from: str, tok_kwargs: dict, kwargs: dict, name: str, model: object) -> tuple[Any, Any]:
+    """Tokenizer and HF model from ``load_from``; any failure is a one-line :class:`ModelLoadError`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
         tokenizer = AutoTokenizer.from_pretrained(load_from, **tok_kwargs)
         if not getattr(tokenizer, "chat_template", None):
             raise ChatTemplateError(
                 f"{name}: the tokenizer has no chat template; palette-lens needs an instruction-tuned chat model"
             )
         hf_model = AutoModelForCausalLM.from_pretrained(load_from, **tok_kwargs, **kwargs)
-    except (ChatTemplateError, ModelLoadError):
+    except ModelLoadError:
         raise
     except OSError as exc:
         raise ModelLoadError(f"could not load {model!r}: {exc}".splitlines()[0]) from exc
-    if tok_kwargs.get("gguf_file"):
-        hf_model.hf_quantizer = None  # dequantized floats; lets users save/merge like any HF model
-        if hasattr(hf_model.config, "quantization_config"):
-            del hf_model.config.quantization_config
-    if device is not None:
-        hf_model.to(device)
-    log.info("loaded %s", name)
-    return wrap_model(hf_model, tokenizer, name, source=source, system_prompt=system_prompt, adapter_name=adapter_name)
+    except Exception as exc:  # a damaged or unsupported model folder (bad config, truncated weights, ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelLoadError(
+            f"could not load {model!r} ({type(exc).__name__}: {first}); the files may be incomplete or corrupt"
+        ) from exc
+    return tokenizer, hf_model
 
 
 def _looks_like_local_path(text: str) -> bool:
