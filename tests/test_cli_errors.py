@@ -1,0 +1,332 @@
+"""Bad input at the command line: one line on stderr, a non-zero exit code, no traceback, inputs untouched."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from palette_lens import cli
+
+COMMANDS = ("common", "run", "search", "bake", "baseline", "evaluate", "compose")
+WORDS = {
+    "cyber": "malware virus network password attack",
+    "violence": "attack blood fight kill",
+    "harmless": "recipe pancakes poem sea wind light",
+}
+
+
+# ---------------------------------------------------------------------- helpers
+def records(domain: str, n: int) -> list[dict]:
+    words = WORDS.get(domain, "alpha beta gamma").split()
+    return [{"prompt": f"{domain} {words[i % len(words)]} {words[(3 * i) % len(words)]} {i}", "domain": domain}
+            for i in range(n)]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def builtin(tmp_path, monkeypatch) -> Path:
+    """Built-in data stand-in: cyber, violence and harmless, 8 prompts each."""
+    folder = tmp_path / "builtin"
+    folder.mkdir()
+    for d in WORDS:
+        write_jsonl(folder / f"{d}.jsonl", records(d, 8))
+    monkeypatch.setenv("PALETTE_LENS_DATA", str(folder))
+    return folder
+
+
+def use_model(monkeypatch, model=None) -> None:
+    """Every command gets ``model``; without one, loading a model fails the test (errors must come first)."""
+
+    def load(args):
+        if model is None:
+            pytest.fail("the model was loaded although the input was already known to be bad")
+        return model
+
+    modules = [importlib.import_module(f"palette_lens.commands.{m}") for m in COMMANDS]  # before patching:
+    for module in modules:  # a module imported later would copy (and keep) the patched name from common
+        monkeypatch.setattr(module, "load_model_from_args", load)
+
+
+def snapshot(*paths: Path) -> dict[str, tuple[str, int]]:
+    """sha256 and modification time of every file under ``paths``."""
+    out = {}
+    for root in paths:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for f in files:
+            out[str(f)] = (hashlib.sha256(f.read_bytes()).hexdigest(), f.stat().st_mtime_ns)
+    return out
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = cli.main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_error(code: int, err: str, match: str, expected_code: int = 2) -> None:
+    assert code == expected_code, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("palette-lens: error: "), err
+    assert match in lines[0], err
+
+
+@pytest.fixture(scope="module")
+def model_folder(tiny_qwen, tmp_path_factory) -> Path:
+    """The tiny Qwen model saved as a Hugging Face folder."""
+    from palette_lens.adapters import plain_hf_model
+
+    folder = tmp_path_factory.mktemp("model") / "tiny-qwen"
+    plain_hf_model(tiny_qwen).save_pretrained(folder)
+    tiny_qwen.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def adapter_folder(tiny_qwen, tmp_path_factory) -> Path:
+    """A run folder holding ``adapters/cyber/`` baked (randomly) for the tiny Qwen model."""
+    from test_reliability import small_adapter
+
+    run = tmp_path_factory.mktemp("run")
+    small_adapter(tiny_qwen).save(run / "adapters" / "cyber")
+    return run
+
+
+# ---------------------------------------------------------------------- unknown domain
+@pytest.mark.parametrize("argv", [
+    ["run", "--target", "nope"],
+    ["search", "--target", "nope"],
+    ["bake", "--target", "nope"],
+    ["baseline", "--domains", "cyber", "nope"],
+    ["demo", "--target", "nope"],
+])
+def test_unknown_domain(builtin, tmp_path, monkeypatch, capsys, argv):
+    use_model(monkeypatch)
+    before = snapshot(builtin)
+    code, err = run_cli(capsys, *argv, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "unknown domain 'nope'; known domains: cyber, violence, harmless")
+    assert snapshot(builtin) == before and not (tmp_path / "out").exists()
+
+
+def test_unknown_domain_in_a_profile(builtin, adapter_folder, tiny_qwen, tmp_path, monkeypatch, capsys):
+    use_model(monkeypatch, tiny_qwen)
+    code, err = run_cli(capsys, "compose", "--from", adapter_folder, "--profile", "cyber+nope", "--out", tmp_path)
+    assert_one_line_error(code, err, "profile 'cyber+nope' needs adapters for nope")
+
+
+# ---------------------------------------------------------------------- malformed, empty, unusable data
+MALFORMED = {
+    "not JSON": (b'{"prompt": "a b", "domain": "x"}\n{"prompt": "a", \n', "2: not valid JSON"),
+    "not an object": (b'\n\n[1, 2]\n', "3: expected a JSON object"),
+    "prompt missing": (b'{"prompt": "a b", "domain": "x"}\n{"domain": "x"}\n', "2: 'prompt' must be"),
+    "prompt blank": (b'{"prompt": "   ", "domain": "x"}\n', "1: 'prompt' must be"),
+    "domain not a string": (b'{"prompt": "a", "domain": 3}\n', "1: 'domain' must be"),
+    "invalid UTF-8": (b'{"prompt": "a", "domain": "x"}\n{"prompt": "caf\xe9", "domain": "x"}\n', "2: not valid UTF-8"),
+    "lone surrogate": (b'{"prompt": "a \\ud800", "domain": "x"}\n', "1: 'prompt' and 'domain' must be valid Unicode"),
+    "domain is a path": (b'{"prompt": "a", "domain": "../../etc"}\n', "1: domain '../../etc' is not allowed"),
+    "domain with a plus": (b'{"prompt": "a", "domain": "chem+bio"}\n', "1: domain 'chem+bio' is not allowed"),
+    "empty file": (b"", "the file holds no records"),
+    "blank lines only": (b"\n  \n\n", "the file holds no records"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_data_file(builtin, tmp_path, monkeypatch, capsys, case):
+    content, match = MALFORMED[case]
+    path = tmp_path / "mine.jsonl"
+    path.write_bytes(content)
+    use_model(monkeypatch)
+    before = snapshot(path, builtin)
+    code, err = run_cli(capsys, "run", "--target", "cyber", "--data", path, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, f"{path}" + (f":{match}" if match[0].isdigit() else f": {match}"))
+    assert snapshot(path, builtin) == before and not (tmp_path / "out").exists()
+
+
+def test_missing_data_file_or_a_folder(builtin, tmp_path, monkeypatch, capsys):
+    use_model(monkeypatch)
+    code, err = run_cli(capsys, "search", "--target", "cyber", "--data", tmp_path / "nope.jsonl")
+    assert_one_line_error(code, err, "nope.jsonl: no such data file")
+    code, err = run_cli(capsys, "search", "--target", "cyber", "--data", tmp_path)
+    assert_one_line_error(code, err, "no such data file")
+
+
+def test_domain_with_too_few_prompts_to_split(builtin, tmp_path, monkeypatch, capsys):
+    path = write_jsonl(tmp_path / "mine.jsonl", records("tiny", 3))
+    use_model(monkeypatch)  # reported before the model is loaded
+    before = snapshot(path)
+    code, err = run_cli(capsys, "run", "--target", "cyber", "--data", path, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "domain 'tiny' has 3 prompts; at least 5 are needed")
+    assert snapshot(path) == before
+
+
+def test_missing_builtin_harmless_prompts(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "builtin"
+    folder.mkdir()
+    write_jsonl(folder / "cyber.jsonl", records("cyber", 8))
+    monkeypatch.setenv("PALETTE_LENS_DATA", str(folder))
+    use_model(monkeypatch)
+    code, err = run_cli(capsys, "run", "--target", "cyber", "--replace-data")
+    assert_one_line_error(code, err, "no 'harmless' prompts found")
+
+
+# ---------------------------------------------------------------------- models
+def test_model_path_that_does_not_exist(builtin, tmp_path, capsys):
+    for model, match in [(tmp_path / "nope" / "model", "model path does not exist"),
+                         (tmp_path / "nope.gguf", "GGUF file not found"),
+                         (tmp_path, "is not a Hugging Face model folder (no config.json)")]:
+        code, err = run_cli(capsys, "search", "--target", "cyber", "--model", model, "--out", tmp_path / "out")
+        assert_one_line_error(code, err, match)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["config garbage", "config without model type", "weights truncated", "no weights"])
+def test_damaged_model_folder(builtin, model_folder, tmp_path, capsys, damage):
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    if damage == "config garbage":
+        (folder / "config.json").write_text("{not json")
+    elif damage == "config without model type":
+        (folder / "config.json").write_text("{}")
+    elif damage == "weights truncated":
+        w = folder / "model.safetensors"
+        w.write_bytes(w.read_bytes()[:300])
+    else:
+        (folder / "model.safetensors").unlink()
+    before = snapshot(folder)
+    code, err = run_cli(capsys, "baseline", "--model", folder, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "could not load")
+    assert snapshot(folder) == before and not (tmp_path / "out").exists()
+
+
+def test_model_without_chat_template(builtin, model_folder, tmp_path, capsys):
+    folder = tmp_path / "base-model"
+    shutil.copytree(model_folder, folder)
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (folder / name).unlink(missing_ok=True)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    code, err = run_cli(capsys, "baseline", "--model", folder, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "the tokenizer has no chat template")
+
+
+def test_unknown_dtype_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["baseline", "--dtype", "float8"])
+    assert info.value.code == 2 and "invalid choice: 'float8'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- adapters, directions, search output
+def test_adapter_for_another_base_model(builtin, adapter_folder, tiny_llama, tmp_path, monkeypatch, capsys):
+    use_model(monkeypatch, tiny_llama)
+    before = snapshot(adapter_folder)
+    code, err = run_cli(capsys, "compose", "--from", adapter_folder, "--out", tmp_path)
+    assert_one_line_error(code, err, "was baked on base model")
+    code, err = run_cli(capsys, "evaluate", "--from", adapter_folder, "--out", tmp_path / "eval")
+    assert_one_line_error(code, err, "was baked on base model")
+    assert snapshot(adapter_folder) == before and not (tmp_path / "eval").exists()
+
+
+def test_tampered_or_truncated_adapter(builtin, adapter_folder, tiny_qwen, tmp_path, monkeypatch, capsys):
+    use_model(monkeypatch, tiny_qwen)
+    run = tmp_path / "run"
+    shutil.copytree(adapter_folder, run)
+    meta_path = run / "adapters" / "cyber" / "palette_meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["block"] = 0
+    meta_path.write_text(json.dumps(meta))
+    code, err = run_cli(capsys, "compose", "--from", run, "--out", tmp_path)
+    assert_one_line_error(code, err, "is not in block 0")
+    shutil.rmtree(run)
+    shutil.copytree(adapter_folder, run)
+    weights = run / "adapters" / "cyber" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    code, err = run_cli(capsys, "compose", "--from", run, "--out", tmp_path)
+    assert_one_line_error(code, err, "does not match the sha256")
+
+
+def test_corrupt_direction_and_search_output(builtin, tiny_qwen, tmp_path, monkeypatch, capsys):
+    from palette_lens.directions import Direction
+
+    use_model(monkeypatch, tiny_qwen)
+    Direction(torch.ones(tiny_qwen.d_model), 2, -1, "cyber").save(tmp_path / "dirs")
+    (tmp_path / "dirs" / "cyber.safetensors").write_bytes(b"\x00" * 10)
+    code, err = run_cli(capsys, "bake", "--target", "cyber", "--direction", tmp_path / "dirs" / "cyber.json",
+                        "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "is corrupt or incomplete")
+    search = tmp_path / "search"
+    search.mkdir()
+    (search / "search.json").write_text('{"target": "cyber", "candidates": [')
+    code, err = run_cli(capsys, "bake", "--target", "cyber", "--from-search", search, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "search.json is corrupt or incomplete")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------- operating-system errors, interruptions
+def test_disk_full_is_one_line_and_keeps_the_previous_output(builtin, adapter_folder, tiny_qwen, tmp_path,
+                                                            monkeypatch, capsys):
+    use_model(monkeypatch, tiny_qwen)
+    assert run_cli(capsys, "compose", "--from", adapter_folder, "--out", tmp_path)[0] == 0
+    good = (tmp_path / "profile-cyber.json").read_bytes()
+
+    def full(self, data, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(data[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    code, err = run_cli(capsys, "compose", "--from", adapter_folder, "--out", tmp_path)
+    assert_one_line_error(code, err, f"No space left on device ({tmp_path / 'profile-cyber.json'})", expected_code=1)
+    assert (tmp_path / "profile-cyber.json").read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["builtin", "profile-cyber.json"]
+
+
+def test_output_folder_that_is_a_file(builtin, tiny_qwen, tmp_path, monkeypatch, capsys):
+    use_model(monkeypatch, tiny_qwen)
+    (tmp_path / "taken").write_text("mine")
+    code, err = run_cli(capsys, "run", "--target", "cyber", "--out", tmp_path / "taken")
+    assert_one_line_error(code, err, "File exists", expected_code=1)
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_interrupt_and_unexpected_errors_are_one_line(builtin, tmp_path, monkeypatch, capsys):
+    def stop(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("palette_lens.commands.common.load_model_from_args", stop)
+    monkeypatch.setattr("palette_lens.commands.search.load_model_from_args", stop)
+    code, err = run_cli(capsys, "search", "--target", "cyber", "--out", tmp_path)
+    assert code == 130 and err.startswith("palette-lens: interrupted") and len(err.splitlines()) == 1
+
+    def bug(args):
+        raise RuntimeError("something\nbroke")
+
+    monkeypatch.setattr("palette_lens.commands.search.load_model_from_args", bug)
+    code, err = run_cli(capsys, "search", "--target", "cyber", "--out", tmp_path)
+    assert_one_line_error(code, err, "unexpected RuntimeError: something broke (rerun with -v", expected_code=1)
+    with pytest.raises(RuntimeError):  # -v shows the traceback
+        cli.main(["-v", "search", "--target", "cyber", "--out", str(tmp_path)])
+
+
+def test_real_process_prints_one_line_and_exits_non_zero(builtin, tmp_path):
+    env = {**os.environ, "PALETTE_LENS_DATA": str(builtin)}
+    proc = subprocess.run([sys.executable, "-m", "palette_lens.cli", "run", "--target", "nope", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "palette-lens: error: unknown domain 'nope'; known domains: cyber, violence, harmless"
+    ]
