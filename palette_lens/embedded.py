@@ -60,15 +60,19 @@ def part_paths() -> list[Path]:
 def join_parts(parts: list[Path], dest: Path, expected_sha256: str = GGUF_SHA256) -> str:
     """Concatenate ``parts`` into ``dest`` while hashing; raise :class:`IntegrityError` on mismatch.
 
-    ``dest`` is removed again when the hash does not match, so nothing corrupt is left behind.
+    ``dest`` is removed again when the hash does not match or the copy fails, so nothing corrupt is left.
     """
     digest = hashlib.sha256()
-    with open(dest, "wb") as out:
-        for part in parts:
-            with open(part, "rb") as src:
-                while chunk := src.read(1 << 24):
-                    digest.update(chunk)
-                    out.write(chunk)
+    try:
+        with open(dest, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    while chunk := src.read(1 << 24):
+                        digest.update(chunk)
+                        out.write(chunk)
+    except BaseException:  # a full disk or an interruption: leave no partial file
+        dest.unlink(missing_ok=True)
+        raise
     actual = digest.hexdigest()
     if actual != expected_sha256:
         dest.unlink(missing_ok=True)
@@ -146,9 +150,13 @@ def ensure_default_model(cache_dir: Path | None = None, verify: bool = False) ->
         if target.exists():
             log.warning("cache %s is incomplete or corrupt; rebuilding it", target)
             shutil.rmtree(target)
+        prefix = f".building-{target.name}-"
+        for stale in target.parent.glob(f"{prefix}*"):  # left by a killed build (we hold the lock)
+            log.warning("removing %s, left by an interrupted build", stale)
+            shutil.rmtree(stale, ignore_errors=True)
         parts = part_paths()
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".building-") as tmp:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=prefix) as tmp:
             tmp_dir = Path(tmp)
             gguf_path = tmp_dir / "gguf" / "model.gguf"
             gguf_path.parent.mkdir()

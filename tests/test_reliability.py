@@ -279,6 +279,48 @@ def test_corrupt_parts_or_an_interrupted_build_leave_no_cache(fake_parts, monkey
     assert not target.exists() and only_entries(target.parent) == ["model.lock"]
 
 
+def test_a_killed_build_is_cleaned_up_by_the_next_one(fake_parts):
+    _, builds, target = fake_parts
+    stale = target.parent / f".building-{target.name}-x1y2"  # what SIGKILL during a build leaves
+    (stale / "gguf").mkdir(parents=True)
+    (stale / "gguf" / "model.gguf").write_bytes(b"half")
+    other = target.parent / ".building-another-model-x1y2"  # another cache's build: not ours to remove
+    other.mkdir()
+    embedded.ensure_default_model(target)
+    assert len(builds) == 1 and not stale.exists() and other.exists()
+
+
+def test_joining_parts_on_a_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
+    parts = [_write(tmp_path / f"p{i}", "x" * 100) for i in range(3)]
+    real_open = open
+
+    class FullFile:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, chunk):
+            self.n += 1
+            if self.n > 1:
+                raise enospc()
+            return self.f.write(chunk)
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return FullFile(f) if "w" in mode else f
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    with pytest.raises(OSError):
+        embedded.join_parts(parts, tmp_path / "joined.gguf")
+    monkeypatch.undo()
+    assert not (tmp_path / "joined.gguf").exists()
+
+
 def test_default_model_that_fails_to_load_is_verified_and_rebuilt(tiny_qwen, tmp_path, monkeypatch):
     from palette_lens.adapters import plain_hf_model
     from palette_lens.errors import ModelLoadError
