@@ -224,10 +224,20 @@ def test_model_without_chat_template(builtin, model_folder, tmp_path, capsys):
     assert_one_line_error(code, err, "the tokenizer has no chat template")
 
 
-def test_unknown_dtype_is_a_usage_error(capsys):
+@pytest.mark.parametrize("argv,match", [
+    (["baseline", "--dtype", "float8"], "argument --dtype: invalid choice: 'float8'"),
+    (["bake", "--target", "cyber", "--steps", "0"], "argument --steps: must be at least 1, not 0"),
+    (["bake", "--target", "cyber", "--lr", "nan"], "argument --lr: must be a finite number above 0, not nan"),
+    (["search", "--target", "cyber", "--alpha", "1.5"], "argument --alpha: must be between 0 and 1, not 1.5"),
+    (["search", "--target", "cyber", "--views-every", "0"], "argument --views-every: must be at least 1"),
+    (["run", "--target", "cyber", "--eval-limit", "-3"], "argument --eval-limit: must be at least 1, not -3"),
+    (["baseline", "--limit", "many"], "argument --limit: invalid positive_int value: 'many'"),
+])
+def test_bad_option_values_are_usage_errors(capsys, argv, match):
     with pytest.raises(SystemExit) as info:
-        cli.main(["baseline", "--dtype", "float8"])
-    assert info.value.code == 2 and "invalid choice: 'float8'" in capsys.readouterr().err
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and match in err and "Traceback" not in err
 
 
 # ---------------------------------------------------------------------- adapters, directions, search output

@@ -15,7 +15,16 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text
 from ..errors import PaletteError
-from .common import add_data_arguments, add_model_arguments, echo, load_data_from_args, load_model_from_args
+from .common import (
+    add_data_arguments,
+    add_model_arguments,
+    echo,
+    finite_float,
+    load_data_from_args,
+    load_model_from_args,
+    positive_float,
+    positive_int,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--direction", default=None, metavar="FILE.json",
                         help="a saved Direction to bake (instead of a search)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/bake-<target>)")
-    parser.add_argument("--scale", type=float, default=d.scale, help=f"s in h − s·(h·r̂)r̂ (default {d.scale})")
+    parser.add_argument("--scale", type=finite_float, default=d.scale, help=f"s in h − s·(h·r̂)r̂ (default {d.scale})")
     parser.add_argument("--target-mode", choices=["neutral", "reinforce"], default=d.target_mode,
                         help=f"target of non-target prompts (default {d.target_mode})")
     parser.add_argument("--loss", choices=["cosine", "rel_mse"], default=d.loss, help=f"default {d.loss}")
-    parser.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
-    parser.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
-    parser.add_argument("--rank", type=int, default=d.rank, help=f"LoRA rank (default {d.rank})")
-    parser.add_argument("--alpha", type=float, default=d.alpha, help=f"LoRA alpha (default {d.alpha})")
+    parser.add_argument("--steps", type=positive_int, default=d.steps, help=f"training steps (default {d.steps})")
+    parser.add_argument("--lr", type=positive_float, default=d.lr, help=f"learning rate (default {d.lr})")
+    parser.add_argument("--rank", type=positive_int, default=d.rank, help=f"LoRA rank (default {d.rank})")
+    parser.add_argument("--alpha", type=positive_float, default=d.alpha, help=f"LoRA alpha (default {d.alpha})")
     parser.add_argument("--no-inspect", action="store_true", help="skip inspect.html")
 
 

@@ -8,7 +8,14 @@ import logging
 from pathlib import Path
 
 from ..atomic import atomic_write_text
-from .common import add_data_arguments, add_model_arguments, echo, load_data_from_args, load_model_from_args
+from .common import (
+    add_data_arguments,
+    add_model_arguments,
+    echo,
+    load_data_from_args,
+    load_model_from_args,
+    positive_int,
+)
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_data_arguments(parser)
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--limit", type=int, default=None, help="at most N prompts per domain")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--limit", type=positive_int, default=None, help="at most N prompts per domain")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--domains", nargs="*", default=None, help="domains to measure (default: all)")
     parser.add_argument("--out", default="runs/baseline", help="output folder")
 

@@ -9,7 +9,17 @@ import time
 from pathlib import Path
 
 from ..atomic import atomic_write_text
-from .common import add_data_arguments, add_model_arguments, echo, load_data_from_args, load_model_from_args
+from .common import (
+    add_data_arguments,
+    add_model_arguments,
+    echo,
+    fraction,
+    load_data_from_args,
+    load_model_from_args,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 log = logging.getLogger(__name__)
 
@@ -19,13 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--target", required=True, help="the target (authorized) harmful domain")
     parser.add_argument("--out", default=None, help="output folder (default: runs/search-<target>)")
-    parser.add_argument("--alpha", type=float, default=None, help="trade-off: 1 = bypass only, 0 = retention only")
+    parser.add_argument("--alpha", type=fraction, default=None, help="trade-off: 1 = bypass only, 0 = retention only")
     parser.add_argument("--retain", choices=["causal", "sep", "both"], default=None, help="retention objective")
-    parser.add_argument("--top-k", type=int, default=None, help="candidates scored causally (0: all, no pruning)")
-    parser.add_argument("--kl-max", type=float, default=None, help="largest harmless first-token KL (default 0.1)")
-    parser.add_argument("--n-val", type=int, default=None, help="validation prompts of target and harmless")
+    parser.add_argument("--top-k", type=non_negative_int, default=None, help="candidates scored causally (0: all, no pruning)")
+    parser.add_argument("--kl-max", type=positive_float, default=None, help="largest harmless first-token KL (default 0.1)")
+    parser.add_argument("--n-val", type=positive_int, default=None, help="validation prompts of target and harmless")
     parser.add_argument("--no-figures", action="store_true", help="skip the HTML figures and domain views")
-    parser.add_argument("--views-every", type=int, default=3, help="t-SNE every N layers (default 3)")
+    parser.add_argument("--views-every", type=positive_int, default=3, help="t-SNE every N layers (default 3)")
 
 
 def run(args: argparse.Namespace) -> int:
