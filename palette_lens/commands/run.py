@@ -11,7 +11,14 @@ import logging
 import time
 from pathlib import Path
 
-from .common import add_data_arguments, add_model_arguments, echo, load_data_from_args, load_model_from_args
+from .common import (
+    add_data_arguments,
+    add_model_arguments,
+    echo,
+    load_data_from_args,
+    load_model_from_args,
+    positive_int,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +30,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, default_out: str) ->
     parser.add_argument("--profile", action="append", default=None, metavar="D1+D2",
                         help="a profile to evaluate (repeatable; default: each target, one pair, the triple)")
     parser.add_argument("--pairs", choices=["first", "all"], default=None, help="which pairs of targets to evaluate")
-    parser.add_argument("--eval-limit", type=int, default=None, help="test prompts per harmful domain")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="greedy tokens per completion (default 64)")
-    parser.add_argument("--batch-size", type=int, default=None, help="sequences per generation batch (default 64)")
+    parser.add_argument("--eval-limit", type=positive_int, default=None, help="test prompts per harmful domain")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None, help="greedy tokens per completion (default 64)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="sequences per generation batch (default 64)")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
     parser.add_argument("--no-cache", action="store_true",
                         help="generate the vanilla baseline again even when cached from an identical run")
