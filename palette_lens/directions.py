@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write, atomic_write_text
 from .errors import AdapterMismatchError, PaletteError
+from .integrity import file_sha256
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,12 @@ class Direction:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         name = name or self.domain
-        atomic_write(folder / f"{name}.safetensors", lambda p: save_file({"vector": self.vector.contiguous()}, p))
-        atomic_write_text(folder / f"{name}.json", json.dumps(self.provenance(), indent=1))
+        tensor_path = atomic_write(
+            folder / f"{name}.safetensors", lambda p: save_file({"vector": self.vector.contiguous()}, p)
+        )
+        # the JSON is written last and names the vector file's hash: a pair torn by a crash is detected on load
+        doc = {**self.provenance(), "vector_sha256": file_sha256(tensor_path)}
+        atomic_write_text(folder / f"{name}.json", json.dumps(doc, indent=1))
         return folder / f"{name}.json"
 
     @classmethod
@@ -107,6 +112,9 @@ class Direction:
         except Exception as exc:  # noqa: BLE001 - any read failure means damaged files
             reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise PaletteError(f"direction {stem} is corrupt or incomplete ({reason})") from None
+        if meta.get("vector_sha256") not in (None, file_sha256(tensor_path)):
+            raise PaletteError(f"direction {stem}: {tensor_path.name} does not match the sha256 in {meta_path.name} "
+                               f"(an interrupted save or an edited file); compute the direction again")
         if vector.ndim != 1 or not torch.isfinite(vector).all():
             raise PaletteError(f"direction {stem} is corrupt: the vector must be finite and one-dimensional")
         if "d_model" in meta and meta["d_model"] != vector.shape[0]:

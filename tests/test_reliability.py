@@ -99,6 +99,14 @@ def test_disk_full_keeps_the_previous_direction(tmp_path, monkeypatch):
     assert only_entries(tmp_path) == before
 
 
+def test_direction_pair_torn_by_a_crash_is_detected(tmp_path):
+    """The vector file is replaced, then the process dies before the JSON is: the pair no longer matches."""
+    Direction(torch.ones(8), 2, -1, "cyber").save(tmp_path)
+    atomic_write(tmp_path / "cyber.safetensors", lambda p: save_file({"vector": torch.zeros(8)}, p))
+    with pytest.raises(PaletteError, match="cyber.safetensors does not match the sha256 in cyber.json"):
+        Direction.load(tmp_path / "cyber.json")
+
+
 def test_disk_full_keeps_the_previous_adapter_folder(tiny_qwen, tmp_path, monkeypatch):
     old = small_adapter(tiny_qwen, seed=1)
     old.save(tmp_path / "adapters" / "cyber")
