@@ -1,9 +1,10 @@
-"""Plotly figures of the search and of the layer-wise domain views. Figures are returned, never shown."""
+"""Plotly figures of the search, the layer-wise domain views and the notebooks (tables, before/after
+scores, bake history, leakage, latency). Figures are returned, never shown."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -214,3 +215,133 @@ def write_figures(figures: dict[str, go.Figure], path, title: str = "palette-len
     from .atomic import atomic_write_text
 
     return atomic_write_text(path, figures_html(figures, title))
+
+
+# --------------------------------------------------------------------- notebook figures
+def table_figure(
+    rows: Sequence[dict], columns: Sequence[str] | None = None, title: str | None = None, digits: int = 3
+) -> go.Figure:
+    """A plotly table of ``rows`` (dicts sharing keys); floats rounded to ``digits``, long text wrapped.
+
+    Args:
+        rows: one dict per row.
+        columns: the keys to show, in order (default: the keys of the first row).
+        title: figure title.
+        digits: decimals of float cells.
+    """
+    import plotly.graph_objects as go
+
+    columns = list(columns) if columns is not None else (list(rows[0]) if rows else [])
+
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return "—" if math.isnan(v) else f"{v:.{digits}f}"
+        if v is None:
+            return "—"
+        return str(v)
+
+    values = [[cell(r.get(c)) for r in rows] for c in columns]
+    longest = max((len(v) for col in values for v in col), default=10)
+    fig = go.Figure(go.Table(
+        header=dict(values=[f"<b>{c}</b>" for c in columns], align="left", fill_color="#e8e8e8"),
+        cells=dict(values=values, align="left"),
+    ))
+    height = 60 + 28 * len(rows) * max(1, min(6, longest // 60 + 1)) + (40 if title else 0)
+    fig.update_layout(title=title, height=min(900, max(160, height)), margin=dict(l=10, r=10, t=40 if title else 10, b=10))
+    return fig
+
+
+def before_after_figure(
+    values: Mapping[str, Mapping[str, Sequence[float]]],
+    title: str = "",
+    yaxis_title: str = "first-token refusal score (log-odds)",
+    zero_line: bool = True,
+) -> go.Figure:
+    """Grouped box plots of per-prompt values per domain, one box per variant (e.g. before / after).
+
+    Args:
+        values: domain → variant name → per-prompt values (every domain should have the same variants).
+        title: figure title.
+        yaxis_title: label of the values.
+        zero_line: draw y = 0 (log-odds 0: refusal tokens hold half of the first-token mass).
+    """
+    import plotly.graph_objects as go
+
+    variants = list(dict.fromkeys(v for per in values.values() for v in per))
+    colors = ["#7f7f7f", "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"]
+    fig = go.Figure()
+    for k, name in enumerate(variants):
+        xs: list[str] = []
+        ys: list[float] = []
+        for dom, per in values.items():
+            vals = [float(v) for v in per.get(name, [])]
+            xs += [dom] * len(vals)
+            ys += vals
+        fig.add_box(x=xs, y=ys, name=name, marker_color=colors[k % len(colors)], boxpoints="all", jitter=0.3,
+                    pointpos=0)
+    if zero_line:
+        fig.add_hline(y=0.0, line=dict(color="grey", dash="dot"))
+    fig.update_layout(title=title, boxmode="group", yaxis_title=yaxis_title, height=420, width=max(560, 110 * len(values)))
+    return fig
+
+
+def bake_history_figure(history: Sequence[dict], title: str = "Bake: training loss and validation") -> go.Figure:
+    """Training loss per step and, at checkpoints, the validation refusal mass on target prompts and the
+    retention of the other domains (from :class:`palette_lens.bake.BakeResult.history`)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss (1 − cos)", "validation (first token)"))
+    fig.add_scatter(x=[h["step"] for h in history], y=[h["loss"] for h in history], mode="lines", name="loss",
+                    row=1, col=1)
+    checks = [h for h in history if "val" in h]
+    steps = [h["step"] for h in checks]
+    for key, label in (("p_target", "target refusal mass"), ("retain_mean", "others kept (mean ratio)"),
+                       ("retain_min", "others kept (worst ratio)"), ("kl_harmless", "harmless KL")):
+        fig.add_scatter(x=steps, y=[h["val"].get(key) for h in checks], mode="lines+markers", name=label, row=1, col=2)
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(title=title, height=380, width=900)
+    return fig
+
+
+def leakage_figure(
+    rows: Sequence[str], columns: Sequence[str], matrix: Sequence[Sequence[float | None]],
+    authorized: Mapping[str, Sequence[str]] | None = None, title: str = "Refusal rate: profile × domain",
+) -> go.Figure:
+    """Heatmap of refusal rates (rows: profiles or variants, columns: domains), values written in the cells.
+
+    Cells of a row's authorized domains (``authorized``: row → domains) are outlined: there refusal should
+    be low; everywhere else (harmful columns) it should stay at the vanilla level.
+    """
+    import plotly.graph_objects as go
+
+    z = [[float("nan") if v is None else float(v) for v in row] for row in matrix]
+    text = [["" if v is None else f"{v:.0%}" for v in row] for row in matrix]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(columns), y=list(rows), text=text, texttemplate="%{text}", zmin=0.0, zmax=1.0,
+        colorscale="Reds", colorbar=dict(title="refusal"),
+        hovertemplate="%{y}<br>%{x}: %{z:.2f}<extra></extra>",
+    ))
+    for i, r in enumerate(rows):
+        for d in (authorized or {}).get(r, ()):
+            if d in columns:
+                j = list(columns).index(d)
+                fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
+                              line=dict(color="#1f77b4", width=3))
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(type="category")
+    fig.update_layout(title=title, height=120 + 40 * len(rows), width=max(520, 90 * len(columns) + 200))
+    return fig
+
+
+def latency_figure(ms_per_token: Mapping[str, float], title: str = "Latency per generated token") -> go.Figure:
+    """Bar chart of milliseconds per token per variant, with the ratio to the first variant as text."""
+    import plotly.graph_objects as go
+
+    names = list(ms_per_token)
+    ref = ms_per_token[names[0]] if names else 1.0
+    fig = go.Figure(go.Bar(
+        x=names, y=[ms_per_token[n] for n in names],
+        text=[f"{ms_per_token[n]:.0f} ms (×{ms_per_token[n] / ref:.2f})" for n in names], textposition="outside",
+    ))
+    fig.update_layout(title=title, yaxis_title="ms / token (median)", height=380, width=max(480, 130 * len(names)))
+    return fig
