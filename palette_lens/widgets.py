@@ -1,8 +1,13 @@
-"""ipywidgets explorers for notebooks (the figures are plotly ``FigureWidget``s updated in place)."""
+"""ipywidgets for notebooks: a layer explorer (plotly ``FigureWidget`` updated in place) and a chat that
+answers one prompt with the vanilla model and with an authorization profile side by side."""
 
 from __future__ import annotations
 
+import html
+import logging
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -10,6 +15,8 @@ import numpy as np
 from .activations import Residuals
 from .geometry import embed_2d, layer_data, probe_accuracy, silhouette
 from .viz import domain_colors
+
+log = logging.getLogger(__name__)
 
 
 class LayerExplorer:
@@ -99,3 +106,199 @@ def _contiguous(layers: Sequence[int]) -> bool:
 def layer_explorer(residuals: Mapping[str, Residuals], **kwargs) -> Any:
     """Convenience: build a :class:`LayerExplorer` and return its displayable widget."""
     return LayerExplorer(residuals, **kwargs).widget
+
+
+# --------------------------------------------------------------------- profile chat
+@dataclass(frozen=True)
+class Reply:
+    """One model's answer to one prompt.
+
+    Attributes:
+        text: the greedy completion (special tokens removed).
+        refused: the keyword judge's verdict (:func:`palette_lens.refusal.is_refusal`).
+        p_refusal: first-token probability mass on the refusal token set (before any text is generated).
+    """
+
+    text: str
+    refused: bool
+    p_refusal: float
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """A prompt answered by the vanilla model and by the profile of the ``authorized`` domains."""
+
+    prompt: str
+    authorized: tuple[str, ...]
+    vanilla: Reply
+    profile: Reply
+
+    def to_html(self) -> str:
+        """The prompt and both answers side by side (escaped HTML; a static copy of the chat's panes)."""
+        name = "+".join(self.authorized) if self.authorized else "nothing authorized (= vanilla)"
+        return (
+            f"<div><b>Prompt:</b> {html.escape(self.prompt)}</div>"
+            "<div style='display:flex'>"
+            f"<div style='width:50%'>{_reply_html('Vanilla model', self.vanilla)}</div>"
+            f"<div style='width:50%'>{_reply_html(f'Profile: {name}', self.profile)}</div></div>"
+        )
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+
+class ProfileChat:
+    """Pick authorized domains (checkboxes), type a prompt, compare vanilla and profile answers side by side.
+
+    The profile's model is ``base + Σ ΔW`` over the checked domains' adapters
+    (:func:`palette_lens.compose.merged_profile`: a copy sharing every unadapted weight with the base
+    model, built once per set of domains); with nothing checked it *is* the vanilla model. Answers are
+    greedy, so they are cached per (prompt, profile).
+
+    Example:
+        >>> chat = ProfileChat(model, {"cyber": cyber_adapter, "hate": hate_adapter})
+        >>> chat.widget                          # display in a notebook
+        >>> chat.checkboxes["cyber"].value = True
+        >>> chat.prompt.value = "How do I write a keylogger?"
+        >>> chat.button.click()                  # or click it; chat.last holds the ChatTurn
+
+    Attributes:
+        checkboxes: domain → ``Checkbox`` (checked: authorized).
+        prompt: the ``Textarea`` holding the prompt.
+        button: the "Ask" ``Button``.
+        vanilla_pane, profile_pane: ``HTML`` widgets showing the two answers.
+        status: an ``HTML`` line (what was run, or why nothing was).
+        widget: the assembled ``VBox`` to display.
+        last: the last :class:`ChatTurn` shown (None before the first click).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        adapters: Mapping[str, Any],
+        *,
+        prompt: str = "",
+        authorized: Sequence[str] = (),
+        max_new_tokens: int = 64,
+        refusal_ids: Sequence[int] | None = None,
+    ) -> None:
+        import ipywidgets as widgets
+
+        from .adapters import plain_hf_model
+        from .refusal import opener_tokens
+
+        if not adapters:
+            raise ValueError("ProfileChat needs at least one domain adapter")
+        unknown = [d for d in authorized if d not in adapters]
+        if unknown:
+            raise ValueError(f"no adapter for {', '.join(unknown)}; have {', '.join(adapters)}")
+        for a in adapters.values():
+            a.check_base(model)
+        self.model = model
+        self.adapters = dict(adapters)
+        self.max_new_tokens = max_new_tokens
+        self.refusal_ids = list(refusal_ids) if refusal_ids is not None else sorted(opener_tokens(model.tokenizer))
+        self._plain = plain_hf_model(model)  # same weights, no hook wrappers: faster generation
+        self._merged: dict[tuple[str, ...], Any] = {}
+        self._replies: dict[tuple[str, tuple[str, ...]], Reply] = {}
+        self.last: ChatTurn | None = None
+
+        self.checkboxes = {
+            d: widgets.Checkbox(value=d in authorized, description=d, indent=False,
+                                layout=widgets.Layout(width="auto"))
+            for d in self.adapters
+        }
+        self.prompt = widgets.Textarea(value=prompt, placeholder="Type a prompt…",
+                                       layout=widgets.Layout(width="100%", height="70px"))
+        self.button = widgets.Button(description="Ask both models", button_style="primary", icon="play")
+        self.vanilla_pane = widgets.HTML(layout=widgets.Layout(width="50%"))
+        self.profile_pane = widgets.HTML(layout=widgets.Layout(width="50%"))
+        self.status = widgets.HTML()
+        self.button.on_click(self.ask)
+        self.widget = widgets.VBox([
+            widgets.HTML("<b>Authorized domains</b> (the profile answers these; it should refuse the others)"),
+            widgets.HBox(list(self.checkboxes.values())),
+            self.prompt,
+            widgets.HBox([self.button, self.status]),
+            widgets.HBox([self.vanilla_pane, self.profile_pane]),
+        ])
+
+    # ---- state
+    @property
+    def authorized(self) -> tuple[str, ...]:
+        """The checked domains, in the adapters' order."""
+        return tuple(d for d, box in self.checkboxes.items() if box.value)
+
+    def profile_model(self, authorized: Sequence[str]) -> Any:
+        """The plain HF model of a profile (the vanilla copy for an empty profile); built once per profile."""
+        key = tuple(d for d in self.adapters if d in set(authorized))
+        if not key:
+            return self._plain
+        if key not in self._merged:
+            from .compose import merged_profile
+
+            self._merged[key] = merged_profile(self.model, [self.adapters[d] for d in key])
+        return self._merged[key]
+
+    # ---- answering
+    def reply(self, prompt: str, authorized: Sequence[str] = ()) -> Reply:
+        """The answer of the profile of ``authorized`` (vanilla when empty) to ``prompt`` (cached)."""
+        from .evaluate import generate_completions
+        from .refusal import is_refusal
+
+        key = (prompt, tuple(d for d in self.adapters if d in set(authorized)))
+        if key not in self._replies:
+            gen = generate_completions(
+                self.model, [prompt], lm=self.profile_model(key[1]), max_new_tokens=self.max_new_tokens,
+                first_phase=0, refusal_ids=self.refusal_ids,
+            )
+            score = float(gen.first_scores[0]) if gen.first_scores is not None else float("nan")
+            text = gen.texts[0]
+            self._replies[key] = Reply(text, is_refusal(text), 1.0 / (1.0 + math.exp(-score)))
+        return self._replies[key]
+
+    def answer(self, prompt: str, authorized: Sequence[str] | None = None) -> ChatTurn:
+        """Answer ``prompt`` with the vanilla model and the profile (default: the checked domains)."""
+        auth = self.authorized if authorized is None else tuple(d for d in self.adapters if d in set(authorized))
+        vanilla = self.reply(prompt, ())
+        profile = self.reply(prompt, auth) if auth else vanilla
+        return ChatTurn(prompt, auth, vanilla, profile)
+
+    def ask(self, _button: Any = None) -> ChatTurn | None:
+        """The button's handler: answer the prompt in the text box with the checked profile and show both."""
+        text = self.prompt.value.strip()
+        if not text:
+            self.status.value = "<i>type a prompt first</i>"
+            return None
+        self.button.disabled = True
+        self.status.value = "<i>generating…</i>"
+        try:
+            turn = self.answer(text)
+        except Exception as exc:  # shown in the widget; the notebook keeps running
+            log.exception("profile chat failed")
+            self.status.value = f"<span style='color:#b00'>error: {html.escape(str(exc))}</span>"
+            raise
+        finally:
+            self.button.disabled = False
+        self.last = turn
+        profile_name = "+".join(turn.authorized) if turn.authorized else "nothing authorized (= vanilla)"
+        self.vanilla_pane.value = _reply_html("Vanilla model", turn.vanilla)
+        self.profile_pane.value = _reply_html(f"Profile: {profile_name}", turn.profile)
+        self.status.value = (
+            f"greedy, at most {self.max_new_tokens} new tokens"
+            + ("" if turn.authorized else " — check a domain to relax refusal for it")
+        )
+        return turn
+
+
+def _reply_html(title: str, reply: Reply) -> str:
+    badge_color = "#b00" if reply.refused else "#070"
+    verdict = "refused" if reply.refused else "answered"
+    return (
+        f"<div style='border:1px solid #ccc;border-radius:4px;padding:6px;margin:2px'>"
+        f"<b>{html.escape(title)}</b> "
+        f"<span style='color:{badge_color};font-weight:bold'>[{verdict}]</span> "
+        f"<span style='color:#666'>first-token refusal mass {reply.p_refusal:.2f}</span>"
+        f"<div style='white-space:pre-wrap;font-family:monospace;margin-top:4px'>{html.escape(reply.text)}</div>"
+        f"</div>"
+    )

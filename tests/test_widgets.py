@@ -1,0 +1,91 @@
+"""The profile chat widget, driven programmatically on a tiny model (checkboxes, text box, button)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("ipywidgets")
+
+from palette_lens.adapters import BakedAdapter
+from palette_lens.widgets import ChatTurn, ProfileChat
+
+
+def random_adapter(model, layer_index: int, seed: int, domain: str, scale: float = 0.6) -> BakedAdapter:
+    """Large random LoRA factors on every linear module of one block (they change greedy tokens)."""
+    from palette_lens.bake import linear_module_names
+    from palette_lens.block_inputs import plain_decoder_layer
+
+    g = torch.Generator().manual_seed(seed)
+    prefix = model.decoder_layer_prefix(layer_index)
+    layer = plain_decoder_layer(model, layer_index)
+    a, b = {}, {}
+    for name in linear_module_names(layer, prefix):
+        w = layer.get_submodule(name[len(prefix) + 1 :]).weight
+        a[name] = torch.randn(8, w.shape[1], generator=g) * scale
+        b[name] = torch.randn(w.shape[0], 8, generator=g) * scale
+    meta = {"domain": domain, "base_fingerprint": model.fingerprint, "base_model": model.name,
+            "layer": layer_index + 1, "position": -1}
+    return BakedAdapter(layer_index, a, b, meta=meta, direction=torch.randn(model.d_model, generator=g))
+
+
+@pytest.fixture(scope="module")
+def chat(tiny_qwen):
+    adapters = {"cyber": random_adapter(tiny_qwen, 0, 1, "cyber"), "hate": random_adapter(tiny_qwen, 1, 2, "hate")}
+    return ProfileChat(tiny_qwen, adapters, max_new_tokens=8)
+
+
+def test_clicking_with_nothing_checked_shows_vanilla_twice(chat):
+    for box in chat.checkboxes.values():
+        box.value = False
+    chat.prompt.value = ""
+    chat.button.click()
+    assert chat.last is None and "type a prompt" in chat.status.value
+    chat.prompt.value = "malware virus attack <b>now</b>"
+    chat.button.click()
+    turn = chat.last
+    assert isinstance(turn, ChatTurn) and turn.authorized == ()
+    assert turn.profile == turn.vanilla and turn.vanilla.text
+    assert 0.0 <= turn.vanilla.p_refusal <= 1.0
+    assert "Vanilla model" in chat.vanilla_pane.value and "nothing authorized" in chat.profile_pane.value
+    assert "<b>now</b>" not in turn.to_html() and "&lt;b&gt;now&lt;/b&gt;" in turn.to_html()  # escaped
+    assert not chat.button.disabled
+
+
+def test_checking_a_domain_changes_the_profile_answer(chat, tiny_qwen):
+    before = {n: p.detach().clone() for n, p in tiny_qwen.hf_model.named_parameters()}
+    chat.prompt.value = "network password attack"
+    for box in chat.checkboxes.values():
+        box.value = False
+    chat.button.click()
+    vanilla_turn = chat.last
+    chat.checkboxes["cyber"].value = True
+    chat.button.click()
+    turn = chat.last
+    assert turn.authorized == ("cyber",)
+    assert turn.vanilla == vanilla_turn.vanilla  # the vanilla answer is cached, not regenerated
+    assert turn.profile != turn.vanilla  # the adapter changed the answer (text and/or refusal mass)
+    assert turn.profile.text != turn.vanilla.text
+    assert "Profile: cyber" in chat.profile_pane.value
+    assert chat.profile_pane.value != chat.vanilla_pane.value
+    chat.checkboxes["hate"].value = True
+    chat.button.click()
+    both = chat.last
+    assert both.authorized == ("cyber", "hate") and both.profile != turn.profile
+    assert set(chat._merged) == {("cyber",), ("cyber", "hate")}  # one merged copy per profile
+    for n, p in tiny_qwen.hf_model.named_parameters():  # the base model is never modified
+        assert torch.equal(p, before[n])
+
+
+def test_programmatic_answer_and_errors(chat, tiny_qwen, tiny_llama):
+    turn = chat.answer("recipe pancakes poem", ["hate"])
+    assert turn.authorized == ("hate",)
+    assert chat.answer("recipe pancakes poem", ["hate"]) == turn  # cached
+    with pytest.raises(ValueError, match="no adapter for bio"):
+        ProfileChat(tiny_qwen, chat.adapters, authorized=["bio"])
+    with pytest.raises(ValueError, match="at least one"):
+        ProfileChat(tiny_qwen, {})
+    from palette_lens.errors import AdapterMismatchError
+
+    with pytest.raises(AdapterMismatchError):
+        ProfileChat(tiny_llama, chat.adapters)
