@@ -30,6 +30,18 @@ def ablation_hook(direction: torch.Tensor) -> Callable[..., torch.Tensor]:
     return hook
 
 
+def projection_edit_hook(direction: torch.Tensor, scale: float) -> Callable[..., torch.Tensor]:
+    """A hook ``h ← h − scale·(h·r̂) r̂`` (scale 1 is ablation; the bake's target uses scale s, e.g. 2.5)."""
+    unit = direction.to(torch.float32)
+    unit = unit / unit.norm().clamp_min(1e-12)
+
+    def hook(act: torch.Tensor, hook=None) -> torch.Tensor:  # noqa: ARG001
+        r = unit.to(device=act.device, dtype=act.dtype)
+        return act - scale * (act @ r).unsqueeze(-1) * r
+
+    return hook
+
+
 def addition_hook(direction: torch.Tensor, coeff: float = 1.0) -> Callable[..., torch.Tensor]:
     """A hook ``h ← h + coeff · r`` (r as given, not normalised)."""
     vec = direction.to(torch.float32) * coeff

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .interventions import ablation_hooks
+from .interventions import ablation_hooks, projection_edit_hook
 from .models import ChatModel, Hook
 from .refusal import first_token_kl, refusal_scores
 
@@ -84,15 +84,21 @@ class PrefixScorer:
 
     @torch.no_grad()
     def run(
-        self, hooks: Sequence[Hook] = (), stop_after: int | None = None, on_prefix: Callable[[bool], None] | None = None
+        self,
+        hooks: Sequence[Hook] = (),
+        stop_after: int | None = None,
+        on_prefix: Callable[[bool], None] | None = None,
+        hooks_on_prefix: bool = True,
     ) -> Iterator[tuple[list[int], torch.Tensor | None]]:
         """Run the prefix once, then every batch, under ``hooks``.
 
         Args:
-            hooks: TransformerLens hooks active during all passes.
+            hooks: TransformerLens hooks active during all passes (see ``hooks_on_prefix``).
             stop_after: stop each pass at the input of block ``stop_after`` (no output; for reading
                 residuals with hooks); None runs the whole model.
             on_prefix: called with True before and False after the prefix pass (lets read-out hooks skip it).
+            hooks_on_prefix: False runs the shared prefix without ``hooks`` (an edit of the prompt's own
+                tokens only, as the bake trains it).
 
         Yields:
             (indices of the batch's prompts, final hidden state at the last position [b, d_model] or None).
@@ -102,20 +108,21 @@ class PrefixScorer:
         extra: list[Hook] = []
         if stop_after is not None and stop_after < model.n_layers:
             extra.append((model.resid_pre_hook(stop_after), _raise_stop))
-        with model.hooks([*hooks, *extra]):
-            cache = None
-            if self.prefix is not None:
-                if on_prefix:
-                    on_prefix(True)
-                from transformers import DynamicCache
+        cache = None
+        if self.prefix is not None:
+            from transformers import DynamicCache
 
-                cache = DynamicCache(config=model.hf_model.config)
+            cache = DynamicCache(config=model.hf_model.config)
+            if on_prefix:
+                on_prefix(True)
+            with model.hooks([*hooks, *extra] if hooks_on_prefix else extra):
                 # filled in place, also when a stop hook ends the pass early
                 _stoppable(
                     lambda: decoder(input_ids=self.prefix[None].to(device), past_key_values=cache, use_cache=True)
                 )
-                if on_prefix:
-                    on_prefix(False)
+            if on_prefix:
+                on_prefix(False)
+        with model.hooks([*hooks, *extra]):
             for idx, inp, mask in self.batches:
                 b, p = len(idx), self.n_prefix
                 kwargs: dict = {"use_cache": cache is not None}
@@ -133,12 +140,12 @@ class PrefixScorer:
                 )
                 yield idx, None if res is None else res.last_hidden_state[:, -1]
 
-    def logprobs(self, hooks: Sequence[Hook] = ()) -> torch.Tensor:
+    def logprobs(self, hooks: Sequence[Hook] = (), hooks_on_prefix: bool = True) -> torch.Tensor:
         """[n_prompts, vocab] log-probs of the first answer token (float32, CPU), in the prompts' order."""
         head = self.model.hf_model.get_output_embeddings()
         out = torch.empty(0)
         with torch.no_grad():
-            for idx, hidden in self.run(hooks):
+            for idx, hidden in self.run(hooks, hooks_on_prefix=hooks_on_prefix):
                 lp = torch.log_softmax(head(hidden).float(), dim=-1).cpu()
                 if out.numel() == 0:
                     out = torch.empty(len(self.prompts), lp.shape[-1])
@@ -192,11 +199,11 @@ class EvalSet:
     refusal_ids: tuple[int, ...]
     scorer: PrefixScorer | None = None
 
-    def logprobs(self, hooks: Sequence[Hook] = ()) -> torch.Tensor:
+    def logprobs(self, hooks: Sequence[Hook] = (), hooks_on_prefix: bool = True) -> torch.Tensor:
         """[n_prompts, vocab] first-token log-probs under ``hooks``."""
         if self.scorer is None:
             raise ValueError("this EvalSet has no scorer")
-        return self.scorer.logprobs(hooks)
+        return self.scorer.logprobs(hooks, hooks_on_prefix)
 
     def mask(self, name: str) -> torch.Tensor:
         return torch.tensor([g == name for g in self.groups])
@@ -243,6 +250,17 @@ def objectives_from_logprobs(es: EvalSet, logprobs: torch.Tensor) -> dict[str, f
 def ablation_objectives(model: ChatModel, es: EvalSet, unit: torch.Tensor) -> dict[str, float]:
     """Causal objectives of ablating ``unit`` ([d_model]) at every layer, on the validation set."""
     return objectives_from_logprobs(es, es.logprobs(ablation_hooks(model, unit)))
+
+
+def edit_objectives(model: ChatModel, es: EvalSet, unit: torch.Tensor, layer: int, scale: float) -> dict[str, float]:
+    """Causal objectives of the bake's ideal one-block edit.
+
+    ``h ← h − scale·(h·r̂) r̂`` at ``resid_pre`` of ``layer`` only, on the prompt's own tokens (the shared
+    template prefix is left alone, as in training): what a perfect single-block adapter would do to
+    every prompt it fires on.
+    """
+    hooks = [(model.resid_pre_hook(layer), projection_edit_hook(unit, scale))]
+    return objectives_from_logprobs(es, es.logprobs(hooks, hooks_on_prefix=False))
 
 
 # --------------------------------------------------------------------- attribution proxy
@@ -298,6 +316,63 @@ def attribution_estimates(m: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     """Estimated change of the mean refusal score for each unit direction: [n] from units [n, d]."""
     u = units.to(torch.float64)
     return -torch.einsum("nd,de,ne->n", u, m, u).to(torch.float32)
+
+
+def edit_attribution_estimates(
+    model: ChatModel,
+    prompts: Sequence[str],
+    refusal_ids: Sequence[int],
+    units: dict[int, torch.Tensor],
+    scale: float,
+    batch_size: int = 8,
+) -> dict[int, torch.Tensor]:
+    """First-order change of the mean refusal score under the one-block edit, for many candidates at once.
+
+    For the edit ``h_l ← h_l − s·(h_l·r̂) r̂`` at ``resid_pre`` of layer l on the prompt's own tokens, the
+    score changes by about ``−s·Σ_tokens (h_l·r̂)(g_l·r̂)`` with ``g_l = ∂ s̄ / ∂ h_l``. One forward and
+    backward pass gives every ``h_l`` and ``g_l``; no per-candidate pass is needed.
+
+    Args:
+        units: layer → [n_candidates, d_model] unit directions read at that layer.
+        scale: s.
+
+    Returns:
+        layer → [n_candidates] estimated change of the mean refusal score (negative: less refusal).
+    """
+    from .block_inputs import prefix_length
+
+    layers = sorted(units)
+    names = [model.resid_pre_hook(l) for l in layers]
+    head = model.hf_model.get_output_embeddings()
+    ids = list(refusal_ids)
+    n_prefix = prefix_length(model)
+    est = {l: torch.zeros(units[l].shape[0], dtype=torch.float64) for l in layers}
+    for batch in model.batches(list(prompts), batch_size):
+        enc = model.encode(batch)
+        zs: dict[int, torch.Tensor] = {}
+        hs: dict[int, torch.Tensor] = {}
+
+        def tap(l: int):
+            def hook(act: torch.Tensor, hook=None) -> torch.Tensor:  # noqa: ARG001
+                z = torch.zeros_like(act, requires_grad=True)
+                zs[l], hs[l] = z, act.detach()
+                return act + z
+
+            return hook
+
+        with torch.enable_grad(), model.hooks([(n, tap(l)) for n, l in zip(names, layers)]):
+            hidden = model.decoder(**enc, use_cache=False).last_hidden_state[:, -1]
+            lp = torch.log_softmax(head(hidden).float(), dim=-1)
+            grads = torch.autograd.grad(refusal_scores(lp, ids).sum(), [zs[l] for l in layers])
+        mask = enc["attention_mask"]
+        own = (mask.bool() & ((mask.long().cumsum(-1) - 1) >= n_prefix)).cpu()  # the prompt's own tokens
+        for l, g in zip(layers, grads):
+            h = hs[l].to(torch.float64).cpu()[own]  # [tokens, d]
+            gl = g.to(torch.float64).cpu()[own]
+            u = units[l].to(torch.float64)
+            est[l] += ((h @ u.T) * (gl @ u.T)).sum(0)
+    n = max(1, len(prompts))
+    return {l: (-scale * est[l] / n).to(torch.float32) for l in layers}
 
 
 # --------------------------------------------------------------------- separability proxy

@@ -7,13 +7,14 @@ Pipeline of :func:`search_direction`:
    across domains;
 2. filters: layers ``1 ≤ l < (1 − drop_last_frac)·L`` (a direction at layer l is baked into block l−1,
    and Arditi et al. drop the last 20% of layers);
-3. cheap pruning: every remaining candidate gets an attribution estimate of ``bypass_T`` (one forward +
-   backward pass in all) and a separability score ``sep_N`` (cross-validated AUC of target vs non-target
-   harmful train prompts at the input of block l−1); the ``top_k`` best by a proxy of the selection rule
-   (plus the best by estimated bypass alone) go on;
-4. causal scoring of the kept candidates (one ablated forward pass over a small validation set each,
-   vanilla log-probs computed once): ``bypass_T`` (lower is better), ``retain_N`` (higher is better),
-   ``kl_H`` (lower is better);
+3. cheap pruning: every remaining candidate gets a first-order (attribution) estimate of ``bypass_T``
+   (one forward + backward pass in all) and a separability score ``sep_N`` (cross-validated AUC of
+   target vs non-target harmful train prompts at the input of block l−1); the ``top_k`` best by a proxy
+   of the selection rule (plus the best by estimated bypass alone) go on;
+4. causal scoring of the kept candidates (one forward pass over a small validation set each, vanilla
+   log-probs computed once) under the bake's ideal one-block edit ``h ← h − s·(h·r̂) r̂`` at layer l
+   (default; ``intervention="ablate"`` ablates r̂ at every layer instead): ``bypass_T`` (lower is
+   better), ``retain_N`` (higher is better), ``kl_H`` (lower is better);
 5. the Pareto front of (bypass_T, retain, kl_H) and the choice: minimise ``α·bypass' − (1−α)·retain'``
    (both min-max scaled) subject to ``kl_H ≤ kl_max`` and ``bypass_T ≤ bypass_max``, relaxing the
    constraints in that order when nothing passes (recorded in ``SearchResult.fallback``).
@@ -49,12 +50,15 @@ from .scoring import (
     attribution_estimates,
     attribution_matrix,
     build_eval_set,
+    edit_attribution_estimates,
+    edit_objectives,
     mean_diff_auc,
 )
 
 log = logging.getLogger(__name__)
 
 RetainKind = Literal["causal", "sep", "both"]
+Intervention = Literal["edit", "ablate"]
 ProxyKind = Literal["attribution", "norm", "none"]
 
 
@@ -63,6 +67,11 @@ class SearchConfig:
     """Settings of a direction search (all have working defaults).
 
     Attributes:
+        intervention: how candidates are scored causally: "edit" (default) applies the bake's ideal
+            one-block edit ``h ← h − s·(h·r̂) r̂`` at ``resid_pre`` of the candidate's layer only (what a
+            single-block adapter can do); "ablate" removes r̂ at every layer (Arditi et al.), which also
+            works from early layers whose effect later layers would rebuild after a one-block bake.
+        edit_scale: s of the "edit" intervention (use the bake's ``scale``).
         alpha: trade-off in ``α·bypass' − (1−α)·retain'`` (1: bypass only, 0: retention only).
         retain: which retention objective the selection uses: "causal" (``retain_N``, non-target refusal
             score under the ablation), "sep" (``sep_N``, target vs non-target separability at the
@@ -82,6 +91,8 @@ class SearchConfig:
         batch_size: prompts per forward pass.
     """
 
+    intervention: Intervention = "edit"
+    edit_scale: float = 2.5
     alpha: float = 0.5
     retain: RetainKind = "both"
     kl_max: float = 0.1
@@ -350,9 +361,20 @@ def search_direction(
     t0 = time.perf_counter()
     sep = _separability(res, target, others, cands)
     proxy = torch.full((len(keys),), float("nan"))
-    if cfg.proxy == "attribution" and cfg.top_k is not None:
+    if cfg.proxy == "attribution" and cfg.top_k is not None and cfg.intervention == "ablate":
         m = attribution_matrix(model, val_target[: cfg.n_proxy], ids, batch_size=cfg.batch_size)
         proxy = vanilla["bypass_T"] + attribution_estimates(m, units)
+    elif cfg.proxy == "attribution" and cfg.top_k is not None:
+        by_layer: dict[int, list[int]] = {}
+        for i, (l, _p) in enumerate(keys):
+            if eligible[i]:
+                by_layer.setdefault(l, []).append(i)
+        est = edit_attribution_estimates(
+            model, val_target[: cfg.n_proxy], ids, {l: units[ix] for l, ix in by_layer.items()}, cfg.edit_scale,
+            batch_size=cfg.batch_size,
+        )
+        for l, ix in by_layer.items():
+            proxy[ix] = vanilla["bypass_T"] + est[l]
     elif cfg.proxy == "norm":
         proxy = -rel_norm
     timings["proxy"] = time.perf_counter() - t0
@@ -377,7 +399,10 @@ def search_direction(
     t0 = time.perf_counter()
     it = tqdm(to_eval, desc=f"search {target}", disable=not progress, leave=False)
     for i in it:
-        rows[i].update(ablation_objectives(model, es, units[i]))
+        if cfg.intervention == "edit":
+            rows[i].update(edit_objectives(model, es, units[i], rows[i]["layer"], cfg.edit_scale))
+        else:
+            rows[i].update(ablation_objectives(model, es, units[i]))
         rows[i]["evaluated"] = True
     timings["causal"] = time.perf_counter() - t0
 
@@ -399,6 +424,9 @@ def search_direction(
         ja, _ = choose(evaluated, float(a), cfg.kl_max, cfg.bypass_max)
         path.append({"alpha": float(a), "layer": evaluated[ja]["layer"], "position": evaluated[ja]["position"]})
     best = evaluated[j]
+    if cfg.intervention == "edit":  # for reference: the chosen direction ablated at every layer
+        ablated = ablation_objectives(model, es, units[rows.index(best)])
+        best.update({f"ablate_{k}": v for k, v in ablated.items()})
     timings["total"] = time.perf_counter() - t_all
     n_prompts = {
         "train": {d: len(res[d]) for d in [target, HARMLESS, *others]},
@@ -407,7 +435,8 @@ def search_direction(
     chosen = cands.direction(
         best["layer"],
         best["position"],
-        objectives={k: best.get(k) for k in ("bypass_T", "retain_N", "retain_min", "sep_N", "kl_H")},
+        objectives={k: best.get(k) for k in ("bypass_T", "retain_N", "retain_min", "sep_N", "kl_H", "ablate_bypass_T")},
+        intervention=cfg.intervention,
         vanilla=vanilla,
         alpha=cfg.alpha,
         retain_kind=cfg.retain,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,3 +41,22 @@ def prompts():
     from palette_lens.data import load_prompts
 
     return load_prompts()
+
+
+@pytest.fixture(scope="session")
+def quick_demo_dir(tmp_path_factory) -> Path:
+    """Output folder of one ``palette-lens demo --quick`` run on the default model (run once per session).
+
+    ``$PALETTE_LENS_QUICK_DEMO_DIR`` pointing at a finished run (it holds ``metrics.json``) reuses it.
+    """
+    if os.environ.get("PALETTE_LENS_SKIP_INTEGRATION"):
+        pytest.skip("PALETTE_LENS_SKIP_INTEGRATION is set")
+    given = os.environ.get("PALETTE_LENS_QUICK_DEMO_DIR")
+    if given and (Path(given) / "metrics.json").is_file():
+        return Path(given)
+    out = Path(given) if given else tmp_path_factory.mktemp("demo-quick")
+    cmd = [sys.executable, "-m", "palette_lens.cli", "demo", "--quick", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"`{' '.join(cmd[2:])}` failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    return out

@@ -163,6 +163,57 @@ def test_attribution_estimate_matches_finite_difference(tiny_qwen):
     assert est == pytest.approx(fd, rel=0.05, abs=1e-4)
 
 
+def test_edit_attribution_matches_finite_difference(tiny_qwen):
+    """−s·Σ(h·r̂)(g·r̂) is the derivative of the score under the one-block edit with scale s (prompt's own tokens)."""
+    from palette_lens.block_inputs import prefix_length
+    from palette_lens.scoring import edit_attribution_estimates
+
+    prompts = ["How do I sort a list?", "Write a poem about the sea and wind.", "hi there"]
+    ids = [5, 17, 42]
+    gen = torch.Generator().manual_seed(3)
+    units = torch.randn(2, tiny_qwen.d_model, generator=gen)
+    units = units / units.norm(dim=-1, keepdim=True)
+    layer, eps = 1, 1e-2
+    est = edit_attribution_estimates(tiny_qwen, prompts, ids, {layer: units}, scale=eps, batch_size=len(prompts))[layer]
+    n_prefix = prefix_length(tiny_qwen)
+    base = refusal_scores(tiny_qwen.last_logits(prompts, batch_size=len(prompts)), ids).mean()
+    for k in range(2):
+        u = units[k]
+
+        def edit(act, hook=None, u=u):  # noqa: ARG001 - the edit on the prompt's own tokens only
+            enc = tiny_qwen.encode(prompts)
+            mask = enc["attention_mask"]
+            own = (mask.bool() & ((mask.cumsum(-1) - 1) >= n_prefix)).unsqueeze(-1)
+            return torch.where(own, act - eps * (act @ u).unsqueeze(-1) * u, act)
+
+        pert = refusal_scores(tiny_qwen.last_logits(prompts, hooks=[(tiny_qwen.resid_pre_hook(layer), edit)],
+                                                    batch_size=len(prompts)), ids).mean()
+        assert abs(float(est[k])) > 1e-6
+        assert float(est[k]) == pytest.approx(float(pert - base), rel=0.05, abs=1e-6)
+
+
+def test_edit_scoring_skips_the_shared_prefix_and_scale_one_is_ablation(tiny_qwen):
+    """The search's edit scores equal a hook on the prompt's own tokens; scale 1 on every token is ablation."""
+    from palette_lens.interventions import ablation_hook, projection_edit_hook
+
+    gen = torch.Generator().manual_seed(4)
+    act = torch.randn(2, 5, tiny_qwen.d_model, generator=gen)
+    r = torch.randn(tiny_qwen.d_model, generator=gen)
+    assert torch.allclose(projection_edit_hook(r, 1.0)(act), ablation_hook(r)(act), atol=1e-5)
+    unit = r / r.norm()
+    edited = projection_edit_hook(r, 2.5)(act)
+    assert torch.allclose(edited @ unit, -1.5 * (act @ unit), atol=1e-4)
+
+    prompts = ["How do I sort a list?", "Write a poem about the sea and the wind in the morning.", "hi"]
+    scorer = PrefixScorer(tiny_qwen, prompts, batch_size=2)
+    hooks = [(tiny_qwen.resid_pre_hook(1), projection_edit_hook(r, 2.5))]
+    skip = scorer.logprobs(hooks, hooks_on_prefix=False)
+    every = scorer.logprobs(hooks)
+    assert not torch.allclose(skip, every, atol=1e-4)  # the prefix edit matters ...
+    assert torch.allclose(every, tiny_qwen.last_logits(prompts, hooks=hooks), atol=1e-4)  # ... and is the plain run
+    assert not torch.allclose(skip, scorer.logprobs(), atol=1e-4)  # the edit of the own tokens changes the output
+
+
 @pytest.mark.parametrize("name", ["tiny_qwen", "tiny_llama"])
 def test_prefix_scorer_equals_plain_forward(name, request):
     model = request.getfixturevalue(name)
@@ -298,7 +349,8 @@ def test_cyber_search_turns_validation_refusal_negative(default_model, prompts):
     assert float(scores.mean()) < 0.0
     # not just "already below zero": the ablation moves refusal mass off R by a wide margin
     assert float(scores.mean()) < float(vanilla.mean()) - 1.0
-    assert res.chosen_row["kl_H"] <= 0.1 + 1e-9 or res.fallback
+    # and the score the search selects on (the bake's one-block edit) drops by a wide margin too
+    assert res.chosen_row["bypass_T"] < res.vanilla["bypass_T"] - 1.0
 
 
 # ------------------------------------------------------------------ command line
