@@ -8,8 +8,12 @@ on every other harmful domain (retention), and harmless KL. The bake's own selec
 (:func:`palette_lens.bake.validation_metrics`) turns these into one number. Rank correlations between
 each search objective and post-bake selectivity are written to ``benchmarks/results/search_bake_study.json``.
 
-Usage: ``python benchmarks/study_search_bake.py --targets cyber hate [--steps 60] [--per-domain 4]``.
-Expect ~3–6 minutes per bake on a shared 2-core machine.
+Each picked candidate (the search's choice plus a grid of layers at the last post-instruction position) is
+scored under both interventions the search offers: the bake's one-block edit (``bypass_T``, ``retain_N``,
+``kl_H``) and all-layer ablation (``ablate_*``), plus separability ``sep_N``.
+
+Usage: ``python benchmarks/study_search_bake.py --targets cyber violence [--layers 6 9 12 14 16 18]``.
+Expect ~1–2 minutes per bake on an idle 2-core machine.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from palette_lens.block_inputs import capture_block_inputs  # noqa: E402
 from palette_lens.candidates import collect_domain_residuals  # noqa: E402
 from palette_lens.data import BORDERLINE, HARMLESS, load_prompts  # noqa: E402
 from palette_lens.models import load_model  # noqa: E402
-from palette_lens.scoring import PrefixScorer, ablation_objectives, build_eval_set  # noqa: E402
+from palette_lens.scoring import PrefixScorer, ablation_objectives, build_eval_set, edit_objectives  # noqa: E402
 from palette_lens.search import search_direction  # noqa: E402
 
-OBJ = ("bypass_T", "retain_N", "retain_min", "sep_N", "kl_H", "proxy", "rel_norm")
+EDIT = ("bypass_T", "retain_N", "retain_min", "kl_H")
+OBJ = (*EDIT, *(f"ablate_{k}" for k in EDIT), "sep_N", "rel_norm")
 
 
 def spearman(a, b) -> float:
@@ -47,26 +52,10 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def pick_candidates(result, n: int) -> list[tuple[int, int]]:
-    """The choice, then candidates spreading layers: best sep_N at an earlier layer, strongest bypass, ..."""
-    ch = (result.chosen.layer, result.chosen.position)
-    picks = [ch]
-    rows = [c for c in result.candidates if c["eligible"]]
-    ev = [c for c in rows if c["evaluated"]]
-    # an earlier layer with high separability (often not scored causally: scored below)
-    early = [c for c in rows if c["layer"] <= ch[0] - 4 and c["position"] == -1]
-    if early:
-        best = max(early, key=lambda c: c["sep_N"] or 0)
-        picks.append((best["layer"], best["position"]))
-    if ev:
-        strongest = min(ev, key=lambda c: c["bypass_T"])
-        picks.append((strongest["layer"], strongest["position"]))
-    same_layer = [c for c in rows if c["layer"] == ch[0] and c["position"] != ch[1]]
-    if same_layer:
-        other = min(same_layer, key=lambda c: c["position"])
-        picks.append((other["layer"], other["position"]))
-    out = list(dict.fromkeys(picks))
-    return out[:n]
+def pick_candidates(result, layers: list[int], position: int = -1) -> list[tuple[int, int]]:
+    """The search's choice, then a grid of layers at one post-instruction position (spreads the objectives)."""
+    picks = [(result.chosen.layer, result.chosen.position)] + [(l, position) for l in layers]
+    return list(dict.fromkeys(picks))
 
 
 def test_metrics(model, prompts, target, adapter, refusal_ids, per_domain: int) -> dict:
@@ -90,8 +79,8 @@ def test_metrics(model, prompts, target, adapter, refusal_ids, per_domain: int) 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--targets", nargs="+", default=["cyber", "hate"])
-    ap.add_argument("--per-domain", type=int, default=4, help="candidates baked per target")
-    ap.add_argument("--steps", type=int, default=60, help="bake steps (default bake: 120)")
+    ap.add_argument("--layers", type=int, nargs="+", default=[6, 9, 12, 14, 16, 18], help="layers baked per target")
+    ap.add_argument("--steps", type=int, default=None, help="bake steps (default: the bake's default)")
     ap.add_argument("--test-per-domain", type=int, default=10)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "search_bake_study.json"))
     args = ap.parse_args()
@@ -101,28 +90,27 @@ def main() -> int:
     t0 = time.perf_counter()
     residuals = collect_domain_residuals(model, prompts)
     log = {"residuals_s": round(time.perf_counter() - t0, 1), "targets": {}, "bakes": []}
-    cfg = BakeConfig(steps=args.steps)
+    cfg = BakeConfig(steps=args.steps) if args.steps else BakeConfig()
     captured: dict[int, object] = {}
     out_path = Path(args.out)
     for target in args.targets:
         t0 = time.perf_counter()
         result = search_direction(model, prompts, target, residuals=residuals, progress=False)
         log["targets"][target] = {"search_s": round(time.perf_counter() - t0, 1), "chosen": [result.chosen.layer, result.chosen.position]}
-        picks = pick_candidates(result, args.per_domain)
+        picks = pick_candidates(result, args.layers)
         rows = {(c["layer"], c["position"]): c for c in result.candidates}
-        es = None
+        others = [d for d in prompts.harmful_domains if d != target]
+        cf = result.config
+        es = build_eval_set(
+            model, prompts.part(target, "val")[: cf.n_val], {d: prompts.part(d, "val")[: cf.n_val_other] for d in others},
+            prompts.part(HARMLESS, "val")[: cf.n_val], result.refusal_ids, cf.batch_size,
+        )
         for layer, pos in picks:
             row = dict(rows[(layer, pos)])
-            if not row["evaluated"]:  # score it causally like the search would have
-                if es is None:
-                    others = [d for d in prompts.harmful_domains if d != target]
-                    cf = result.config
-                    es = build_eval_set(
-                        model, prompts.part(target, "val")[: cf.n_val],
-                        {d: prompts.part(d, "val")[: cf.n_val_other] for d in others},
-                        prompts.part(HARMLESS, "val")[: cf.n_val], result.refusal_ids, cf.batch_size,
-                    )
-                row.update(ablation_objectives(model, es, result.candidate_set.vector(layer, pos)))
+            vec = result.candidate_set.vector(layer, pos)
+            unit = vec / vec.norm()
+            row.update(edit_objectives(model, es, unit, layer, cf.edit_scale))  # both interventions, every pick
+            row.update({f"ablate_{k}": v for k, v in ablation_objectives(model, es, unit).items()})
             direction = result.direction(layer, pos)
             t1 = time.perf_counter()
             if layer - 1 not in captured:

@@ -317,7 +317,7 @@ def test_stop_on_refusal_keeps_the_judges_verdicts(stopping_model, monkeypatch):
     from palette_lens.evaluate import generate_with_drafts
 
     judge = lambda text: "em" in text  # noqa: E731 - a piece of some of the tiny model's early output
-    monkeypatch.setattr("palette_lens.evaluate.is_refusal", judge)
+    monkeypatch.setattr("palette_lens.generation.is_refusal", judge)
     m = stopping_model
     prompts = PROMPTS * 2
     full = generate_completions(m, prompts, max_new_tokens=14, first_phase=4)
