@@ -56,8 +56,8 @@ CI_PARAMETERS: dict[str, dict[str, Any]] = {
         "max_new_tokens": 12,
     },
     "04": {
-        "domains": ["cyber", "hate", "violence"], "eval_limit": 3, "harmless_limit": 3, "borderline_limit": 0,
-        "max_new_tokens": 8, "latency_tokens": 4, "latency_batch": 2, "latency_repeats": 1, "n_train": 8,
+        "domains": ["cyber", "hate", "violence"], "n_score": 8, "eval_limit": 2, "harmless_limit": 2,
+        "borderline_limit": 0, "max_new_tokens": 8, "latency_tokens": 4, "latency_batch": 2, "latency_repeats": 1, "n_train": 8,
     },
     "05": {"max_new_tokens": 16, "n_candidates": 4},
 }
