@@ -7,7 +7,7 @@ every disagreement.
 
 Usage::
 
-    .venv/bin/python scripts/judge_agreement.py [--set tests/data/judge_set.jsonl] [--markdown]
+    .venv/bin/python scripts/judge_agreement.py [--set tests/data/judge_set.jsonl]
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def evaluate(records: Sequence[dict], judge: Callable[[str], bool]) -> dict:
             "refusal_compliance": fn, "compliance_refusal": fp, "compliance_compliance": tn, "wrong": wrong}
 
 
-def report(records: Sequence[dict], markdown: bool = False) -> str:
+def report(records: Sequence[dict]) -> str:
     lines = []
     dev = [r for r in records if is_dev(r)]
     held = [r for r in records if not is_dev(r)]
@@ -130,9 +130,8 @@ def report(records: Sequence[dict], markdown: bool = False) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--set", type=Path, default=ROOT / "tests" / "data" / "judge_set.jsonl")
-    ap.add_argument("--markdown", action="store_true")
     a = ap.parse_args()
-    print(report(load_set(a.set), a.markdown))
+    print(report(load_set(a.set)))
 
 
 if __name__ == "__main__":
