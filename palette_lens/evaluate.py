@@ -43,7 +43,7 @@ from .generation import (  # noqa: F401 - re-exported: the evaluation API users 
 from .latency import LatencyResult, measure_latency  # noqa: F401 - re-exported
 from .models import ChatModel, Hook
 from .paths import cache_root
-from .refusal import first_token_kl, is_refusal, opener_tokens
+from .refusal import MARKER_WINDOW, REFUSAL_MARKERS, first_token_kl, is_refusal, opener_tokens
 from .stats import wilson_interval
 
 log = logging.getLogger(__name__)
@@ -307,6 +307,8 @@ class Evaluator:
         digest = hashlib.sha256(json.dumps([
             _CACHE_VERSION, self.model.fingerprint, self.model.system_prompt, c.max_new_tokens, c.first_phase,
             c.stop_on_refusal, list(self.refusal_ids),
+            # generations stopped early on the judge's verdict depend on the judge itself
+            list(REFUSAL_MARKERS) if c.stop_on_refusal else None, MARKER_WINDOW if c.stop_on_refusal else None,
         ]).encode())
         for p in prompts:
             digest.update(p.encode() + b"\x00")

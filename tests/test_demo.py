@@ -42,7 +42,7 @@ def test_demo_writes_the_promised_outputs(quick_demo_dir, metrics):
         assert adapter.layer == metrics["adapters"][t]["layer"] and adapter.domain == t
         assert (quick_demo_dir / "directions" / f"{t}.safetensors").is_file()
     html = (quick_demo_dir / "report.html").read_text()
-    assert "<script src=\\"http" not in html and html.count("plotly-graph-div") >= 3
+    assert '<script src="http' not in html and html.count("plotly-graph-div") >= 3
 
 
 def test_baseline_refuses_harmful_and_answers_harmless(metrics):
