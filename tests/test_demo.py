@@ -13,7 +13,7 @@ import pytest
 from palette_lens.adapters import load_adapter
 from palette_lens.pipeline import METRICS_KEYS, check_floors
 
-from .test_pipeline import check_metrics_schema
+from test_pipeline import check_metrics_schema
 
 pytestmark = pytest.mark.integration
 QUICK_WIDEN = 0.10  # --quick may widen the floors by at most 10 points (issue: fewer prompts are noisier)
