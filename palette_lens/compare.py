@@ -54,6 +54,10 @@ def scores_by_domain(
 ) -> dict[str, dict[str, list[float]]]:
     """First-token refusal scores (log-odds, no generation) of every prompt under every variant.
 
+    The chat-template prefix common to all prompts (for Qwen, its default system message) is computed
+    once per variant and reused through its key/value cache (:class:`palette_lens.scoring.PrefixScorer`);
+    the scores equal those of :meth:`ChatModel.last_logits` up to float error.
+
     Args:
         model: the chat model (restored after each variant).
         prompts_by_domain: domain → user prompts.
@@ -64,12 +68,22 @@ def scores_by_domain(
     Returns:
         domain → variant name → per-prompt scores (in the order of the prompts).
     """
+    from .scoring import PrefixScorer
+
     ids = list(refusal_ids) if refusal_ids is not None else sorted(opener_tokens(model.tokenizer))
     flat, spans = _flatten(prompts_by_domain)
     out: dict[str, dict[str, list[float]]] = {d: {} for d, _ in spans}
+    if not flat:
+        return out
+    # the chat-template prefix shared by every prompt runs once per variant (under the variant)
+    scorer = PrefixScorer(model, flat, batch_size)
     for name, variant in variants.items():
-        with variant_context(model, variant):
-            s: torch.Tensor = refusal_scores(model.last_logits(flat, batch_size=batch_size), ids)  # [n]
+        if variant is None or callable(variant):
+            with variant_context(model, variant):
+                lp = scorer.logprobs()
+        else:
+            lp = scorer.logprobs(list(variant))
+        s: torch.Tensor = refusal_scores(lp, ids)  # [n]
         for d, sl in spans:
             out[d][name] = [float(v) for v in s[sl]]
     return out

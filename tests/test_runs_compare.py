@@ -170,3 +170,23 @@ def test_bake_history_leakage_and_latency_figures():
     assert len(fig.layout.shapes) == 1  # the authorized cell is outlined
     fig = latency_figure({"vanilla": 10.0, "merged": 10.5})
     assert "×1.05" in fig.data[0].text[1]
+
+
+def test_scores_equal_plain_last_logits(tiny_qwen):
+    from test_widgets import random_adapter
+
+    from palette_lens.adapters import adapters_applied
+    from palette_lens.refusal import refusal_scores
+
+    ids = [5, 6, 7]
+    adapter = random_adapter(tiny_qwen, 1, 3, "cyber", scale=0.3)
+    flat = [p for ps in PROMPTS.values() for p in ps]
+    s = scores_by_domain(tiny_qwen, PROMPTS, {"vanilla": None, "adapted": lambda: adapters_applied(tiny_qwen, [adapter])}, ids)
+    want = refusal_scores(tiny_qwen.last_logits(flat), ids)
+    with adapters_applied(tiny_qwen, [adapter]):
+        want_adapted = refusal_scores(tiny_qwen.last_logits(flat), ids)
+    got = [v for d in PROMPTS for v in s[d]["vanilla"]]
+    got_adapted = [v for d in PROMPTS for v in s[d]["adapted"]]
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(got_adapted, want_adapted.numpy(), atol=1e-4, rtol=1e-4)
+    assert not np.allclose(got, got_adapted, atol=1e-3)
