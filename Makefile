@@ -5,6 +5,10 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= runs/demo
+# torch's OpenMP threads wait passively: with another job on the cores, active spinning made generation
+# 3-6x slower here (see benchmarks/README.md); on an idle machine it costs nothing measurable.
+OMP_WAIT_POLICY ?= PASSIVE
+export OMP_WAIT_POLICY
 
 .PHONY: install demo demo-quick test test-fast bench notebooks lab clean-cache
 

@@ -38,7 +38,9 @@ KERNEL_NAME = "palette-lens"
 #: threads spin while they wait for each other; on a machine whose cores are shared with other jobs that
 #: made greedy generation of the default model ~12× slower (95 s instead of 7.7 s for 4 prompts × 16
 #: tokens on 2 busy cores). Passive waiting costs nothing measurable on an idle machine.
-KERNEL_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+#: PLOTLY_RENDERER: figures are stored both as plotly's mime bundle (JupyterLab) and as self-contained HTML
+#: (plotly.js inlined once), so an nbconvert HTML export of an executed notebook shows them too.
+KERNEL_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "PLOTLY_RENDERER": "plotly_mimetype+notebook"}
 EXECUTED_DIR = "_executed"
 RUN_DIR_ENV = "PALETTE_LENS_RUN_DIR"
 

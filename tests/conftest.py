@@ -60,3 +60,21 @@ def quick_demo_dir(tmp_path_factory) -> Path:
     if proc.returncode != 0:
         pytest.fail(f"`{' '.join(cmd[2:])}` failed ({proc.returncode}): {proc.stderr[-3000:]}")
     return out
+
+
+@pytest.fixture(scope="session")
+def notebook_runs(quick_demo_dir, tmp_path_factory) -> dict:
+    """All five notebooks executed CI-sized once per session (adapters from the quick demo): name → run.
+
+    ``$PALETTE_LENS_RUN_DIR`` overrides the run folder the notebooks load their adapters from.
+    """
+    from palette_lens import notebook_runner as nr
+    from palette_lens.runs import run_domains
+
+    run_dir = os.environ.get(nr.RUN_DIR_ENV) or str(quick_demo_dir)
+    if not set(nr.CI_RUN["targets"]) <= set(run_domains(run_dir)):
+        run_dir = None  # the runner makes its small CI run folder
+    out = tmp_path_factory.mktemp("executed")
+    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    runs = nr.run_notebooks(notebooks, ci=True, run_dir=run_dir, out_dir=out)
+    return {Path(r.notebook).stem: r for r in runs}

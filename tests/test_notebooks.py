@@ -9,17 +9,14 @@ make; the test checks that every notebook ran to the end and produced plotly fig
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from palette_lens import notebook_runner as nr
-from palette_lens.runs import run_domains
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -110,37 +107,10 @@ def test_runner_reports_the_failing_notebook_and_cell(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------- execution (integration)
-def _session_uses(request, fixture: str) -> bool:
-    return any(fixture in getattr(item, "fixturenames", ()) for item in request.session.items)
-
-
-@pytest.fixture(scope="session")
-def notebook_run_dir(request, tmp_path_factory):
-    """A run folder with adapters for the CI targets, in this order: ``$PALETTE_LENS_RUN_DIR``; the
-    session's ``palette-lens demo --quick`` output when other tests of this session make one anyway
-    (fixture ``quick_demo_dir``); else a small one made once here (in a subprocess, like the kernels:
-    see ``notebook_runner.KERNEL_ENV``)."""
-    if os.environ.get("PALETTE_LENS_SKIP_INTEGRATION"):
-        pytest.skip("PALETTE_LENS_SKIP_INTEGRATION is set")
-    given = os.environ.get(nr.RUN_DIR_ENV)
-    if given:
-        return given
-    if _session_uses(request, "quick_demo_dir"):
-        demo = Path(request.getfixturevalue("quick_demo_dir"))
-        if set(nr.CI_RUN["targets"]) <= set(run_domains(demo)):
-            return str(demo)
-    t0 = time.perf_counter()
-    out = nr.prepare_ci_run_subprocess(tmp_path_factory.mktemp("notebook-run") / "ci-run")
-    print(f"\nCI run folder made in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    return str(out)
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("name", EXPECTED)
-def test_notebook_runs_ci_sized(name, notebook_run_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("executed")
-    runs = nr.run_notebooks(NOTEBOOK_DIR / f"{name}.ipynb", ci=True, run_dir=notebook_run_dir, out_dir=out)
-    (run,) = runs
+def test_notebook_runs_ci_sized(name, notebook_runs):
+    run = notebook_runs[name]
     print(f"\n{run.line()}", file=sys.stderr)
     assert run.ok, run.error
     executed = nbformat.read(str(run.output), as_version=4)
@@ -149,5 +119,5 @@ def test_notebook_runs_ci_sized(name, notebook_run_dir, tmp_path_factory):
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
     figures = [o for c in code for o in c.outputs if PLOTLY in o.get("data", {})]
     assert figures, "the notebook should show plotly figures"
-    if "run_dir" in run.parameters:
-        assert run.parameters["run_dir"] == str(Path(notebook_run_dir).resolve())
+    # each figure is also stored as HTML, so exports (nbconvert) show it
+    assert all("text/html" in o["data"] for o in figures)
