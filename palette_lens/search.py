@@ -74,11 +74,15 @@ class SearchConfig:
         edit_scale: s of the "edit" intervention (use the bake's ``scale``).
         alpha: trade-off in ``α·bypass' − (1−α)·retain'`` (1: bypass only, 0: retention only).
         retain: which retention objective the selection uses: "causal" (``retain_N``, non-target refusal
-            score under the ablation), "sep" (``sep_N``, target vs non-target separability at the
-            baked block's input) or "both" (mean of the two, each min-max scaled).
-        kl_max: largest first-token KL on harmless prompts a chosen direction may have.
-        bypass_max: largest ``bypass_T`` a chosen direction may have (0: the target must comply on
-            average); None disables the constraint.
+            score under the intervention), "sep" (``sep_N``, target vs non-target separability at the
+            baked block's input) or "both" (mean of the two, each min-max scaled). Default (None):
+            "sep" under "edit", "both" under "ablate".
+        kl_max: largest first-token KL on harmless prompts a chosen direction may have. Default (None):
+            0.1 under "ablate" (Arditi et al.); no filter under "edit", where the edit is applied to every
+            prompt although the bake keeps harmless prompts neutral (its KL is reported, not filtered).
+        bypass_max: largest ``bypass_T`` a chosen direction may have. Default (None): 0.0 under
+            "ablate" (the target must comply on average), −2.0 under "edit" (refusal-token mass ≲ 12%
+            after the ideal edit: what a bake can only approach). Use ``float("inf")`` to disable.
         drop_last_frac: drop candidates in the last fraction of layers.
         min_layer: smallest layer considered (1: a block l−1 must exist to bake into).
         top_k: candidates scored causally after pruning (None: every candidate, no pruning).
@@ -94,9 +98,9 @@ class SearchConfig:
     intervention: Intervention = "edit"
     edit_scale: float = 2.5
     alpha: float = 0.5
-    retain: RetainKind = "both"
-    kl_max: float = 0.1
-    bypass_max: float | None = 0.0
+    retain: RetainKind | None = None
+    kl_max: float | None = None
+    bypass_max: float | None = None
     drop_last_frac: float = 0.2
     min_layer: int = 1
     top_k: int | None = 10
@@ -108,9 +112,22 @@ class SearchConfig:
     alphas: tuple[float, ...] = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
     batch_size: int = 32
 
+    def resolved(self) -> SearchConfig:
+        """A copy with the intervention-dependent defaults (``retain``, ``kl_max``, ``bypass_max``) filled in."""
+        edit = self.intervention == "edit"
+        return replace(
+            self,
+            retain=self.retain or ("sep" if edit else "both"),
+            kl_max=self.kl_max if self.kl_max is not None else (math.inf if edit else 0.1),
+            bypass_max=self.bypass_max if self.bypass_max is not None else (-2.0 if edit else 0.0),
+        )
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["alphas"] = list(self.alphas)
+        for k in ("kl_max", "bypass_max"):  # JSON has no infinity: "no filter" is written as null
+            if d[k] is not None and math.isinf(d[k]):
+                d[k] = None
         return d
 
 
@@ -222,7 +239,7 @@ class SearchResult:
             chosen=chosen,
             vanilla=d.get("vanilla", {}),
             alpha_path=d.get("alpha_path", []),
-            config=SearchConfig(**cfg),
+            config=SearchConfig(**cfg).resolved(),
             fallback=d.get("fallback"),
             timings_s=d.get("timings_s", {}),
             refusal_ids=d.get("refusal_ids", []),
@@ -260,7 +277,7 @@ def choose(rows: Sequence[dict], alpha: float, kl_max: float, bypass_max: float 
     """Index into ``rows`` (evaluated candidates with a ``retain`` key) picked by the selection rule.
 
     Filters are relaxed in order when nothing passes: first ``bypass_max``, then ``kl_max`` (then the
-    smallest KL decides).
+    smallest KL decides). Ties of the trade-off score go to the stronger bypass.
 
     Returns:
         (index, fallback description or None).
@@ -279,7 +296,7 @@ def choose(rows: Sequence[dict], alpha: float, kl_max: float, bypass_max: float 
         if len(idx):
             sub = [rows[i] for i in idx]
             j = select_tradeoff(
-                np.array([r["bypass_T"] for r in sub]), np.array([r["retain"] for r in sub]), alpha, kl[idx]
+                np.array([r["bypass_T"] for r in sub]), np.array([r["retain"] for r in sub]), alpha, by[idx]
             )
             return int(idx[j]), fallback
     best = int(np.nanargmin(kl))
@@ -319,7 +336,7 @@ def search_direction(
     Returns:
         :class:`SearchResult` (``candidates``, ``pareto``, ``chosen``, ``save(dir)``, ``to_json()``).
     """
-    cfg = replace(config or SearchConfig(), **options)
+    cfg = replace(config or SearchConfig(), **options).resolved()
     prompts.check_domain(target)
     if target == HARMLESS or target not in prompts.harmful_domains:
         raise DataError(f"the target must be a harmful domain, not {target!r}")

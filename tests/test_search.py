@@ -328,8 +328,12 @@ def test_search_rejects_bad_targets(tiny_qwen):
 
 def test_search_config_override():
     cfg = SearchConfig()
-    assert cfg.kl_max == 0.1 and cfg.drop_last_frac == 0.2
-    assert json.dumps(cfg.to_dict())
+    assert cfg.drop_last_frac == 0.2
+    edit, ablate = cfg.resolved(), SearchConfig(intervention="ablate").resolved()
+    assert (ablate.kl_max, ablate.bypass_max, ablate.retain) == (0.1, 0.0, "both")
+    assert edit.kl_max == float("inf") and edit.bypass_max == -2.0 and edit.retain == "sep"
+    assert SearchConfig(kl_max=0.2).resolved().kl_max == 0.2  # explicit settings win
+    assert json.dumps(edit.to_dict(), allow_nan=False) and json.dumps(ablate.to_dict(), allow_nan=False)
 
 
 # ------------------------------------------------------------------ integration: the default model

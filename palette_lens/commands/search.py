@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=fraction, default=None, help="trade-off: 1 = bypass only, 0 = retention only")
     parser.add_argument("--retain", choices=["causal", "sep", "both"], default=None, help="retention objective")
     parser.add_argument("--top-k", type=non_negative_int, default=None, help="candidates scored causally (0: all, no pruning)")
-    parser.add_argument("--kl-max", type=positive_float, default=None, help="largest harmless first-token KL (default 0.1)")
+    parser.add_argument("--kl-max", type=positive_float, default=None, help="largest harmless first-token KL (default: none under the default one-block edit, 0.1 under ablation)")
     parser.add_argument("--n-val", type=positive_int, default=None, help="validation prompts of target and harmless")
     parser.add_argument("--no-figures", action="store_true", help="skip the HTML figures and domain views")
     parser.add_argument("--views-every", type=positive_int, default=3, help="t-SNE every N layers (default 3)")
