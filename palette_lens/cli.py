@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "evaluate adapters / profiles and baselines"),
     "run": ("run", "the whole pipeline for chosen target domains and user data"),
     "demo": ("demo", "the whole pipeline on the built-in data, with report.html and metrics.json"),
+    "leakage": ("leakage", "non-target refusal of single-domain profiles under adversarial prompts"),
 }
 
 
