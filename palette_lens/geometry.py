@@ -89,8 +89,14 @@ def _folds(labels: np.ndarray, max_folds: int) -> int:
     return int(max(2, min(max_folds, counts.min())))
 
 
-def probe_accuracy(x: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0, c: float = 0.1) -> float:
-    """Cross-validated accuracy of an L2 logistic-regression probe (stratified folds); NaN if a class has < 2."""
+def probe_accuracy(
+    x: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0, c: float = 0.1, balanced: bool = False
+) -> float:
+    """Cross-validated accuracy of an L2 logistic-regression probe (stratified folds); NaN if a class has < 2.
+
+    With ``balanced`` the score is the balanced accuracy (mean recall per class; chance 1/n_classes), for
+    unequal classes such as one domain against all others.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
@@ -101,7 +107,8 @@ def probe_accuracy(x: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int 
     clf = LogisticRegression(C=c, max_iter=300)
     with warnings.catch_warnings(), single_threaded():
         warnings.simplefilter("ignore")
-        return float(cross_val_score(clf, x, labels, cv=cv).mean())
+        scoring = "balanced_accuracy" if balanced else "accuracy"
+        return float(cross_val_score(clf, x, labels, cv=cv, scoring=scoring).mean())
 
 
 def silhouette(x: np.ndarray, labels: np.ndarray, metric: str = "cosine") -> float:
@@ -163,6 +170,62 @@ def layer_separation(
             row["probe_vs_mean"] = float(np.mean(vals)) if vals else float("nan")
             row["probe_vs_min"] = float(np.min(vals)) if vals else float("nan")
         rows.append(row)
+    return rows
+
+
+def separation_table(
+    residuals: Mapping[str, Residuals],
+    targets: Sequence[str],
+    domains: Sequence[str] | None = None,
+    silhouette_domains: Sequence[str] | None = None,
+    rest: Sequence[str] | None = None,
+    position: int = -1,
+    layers: Sequence[int] | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
+    """Separation numbers per layer for several target domains at once (one pass over the layers).
+
+    Args:
+        residuals: per-domain residuals (e.g. train prompts of every domain).
+        targets: domains probed one against the rest (e.g. every harmful domain).
+        domains: domains of the multiclass probe (default: all in ``residuals``).
+        silhouette_domains: domains of the silhouette (default: ``domains``).
+        rest: the "rest" of a target-vs-rest probe, the target itself excluded (default: ``targets``).
+        position: the post-instruction position.
+        layers: the layers (default: all collected).
+        folds, seed: cross-validation settings.
+
+    Returns:
+        one dict per layer: ``layer``, ``silhouette`` (cosine, over ``silhouette_domains``), ``probe_all``
+        (multiclass CV accuracy over ``domains``), ``chance_all`` (majority share), ``probe_vs_rest``
+        ({target: balanced CV accuracy of target vs rest; chance 0.5}), ``probe_vs_rest_min``.
+    """
+    domains = list(domains) if domains is not None else list(residuals)
+    sil_domains = list(silhouette_domains) if silhouette_domains is not None else domains
+    rest = list(rest) if rest is not None else list(targets)
+    data = layer_data(residuals, list(dict.fromkeys([*domains, *sil_domains, *targets, *rest])), position, layers)
+    in_all, in_sil = np.isin(data.labels, domains), np.isin(data.labels, sil_domains)
+    _, counts = np.unique(data.labels[in_all], return_counts=True)
+    rows = []
+    for layer in tqdm(data.layers, desc="separation", disable=not progress, leave=False):
+        x = data.at(layer)
+        vs = {}
+        for t in targets:
+            keep = (data.labels == t) | (np.isin(data.labels, rest) & (data.labels != t))
+            vs[t] = probe_accuracy(x[keep], data.labels[keep] == t, folds, seed, balanced=True)
+        vals = [v for v in vs.values() if not np.isnan(v)]
+        rows.append(
+            {
+                "layer": int(layer),
+                "silhouette": silhouette(x[in_sil], data.labels[in_sil]),
+                "probe_all": probe_accuracy(x[in_all], data.labels[in_all], folds, seed),
+                "chance_all": float(counts.max() / counts.sum()),
+                "probe_vs_rest": vs,
+                "probe_vs_rest_min": float(np.min(vals)) if vals else float("nan"),
+            }
+        )
     return rows
 
 

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from palette_lens.activations import Residuals
-from palette_lens.geometry import layer_data, layer_separation, probe_accuracy, silhouette, tsne_layers
+from palette_lens.geometry import (
+    layer_data,
+    layer_separation,
+    probe_accuracy,
+    separation_table,
+    silhouette,
+    tsne_layers,
+)
 from palette_lens.viz import figures_html, objective_heatmaps, pareto_figure, separation_figure, tsne_figure
 
 DOMAINS = ("cyber", "hate", "violence", "harmless")
@@ -46,6 +53,24 @@ def test_separation_grows_with_layer_and_probes_beat_chance():
     assert set(rows[2]["probe_vs"]) == {"hate", "violence", "harmless"}
     assert rows[2]["probe_vs_min"] > 0.95
     assert rows[0]["probe_vs_mean"] < 0.8
+
+
+def test_separation_table_targets_vs_rest():
+    res = synthetic_residuals()
+    harmful = ["cyber", "hate", "violence"]
+    rows = separation_table(res, harmful, silhouette_domains=harmful, position=-1, progress=False)
+    assert [r["layer"] for r in rows] == [0, 1, 2]
+    assert set(rows[2]["probe_vs_rest"]) == set(harmful)
+    assert rows[2]["probe_vs_rest_min"] > 0.95 and rows[2]["probe_all"] > 0.95
+    assert rows[0]["probe_vs_rest_min"] < 0.8  # noise: balanced accuracy near 0.5 despite 1:2 classes
+    assert rows[0]["chance_all"] == 0.25  # four equal domains in the multiclass probe
+    # the silhouette covers only the harmful domains: harmless added at its own centre changes it
+    with_harmless = separation_table(res, harmful, layers=[2], position=-1, progress=False)[0]
+    assert with_harmless["silhouette"] != rows[2]["silhouette"]
+    # an unbalanced target-vs-rest problem is scored with balanced accuracy: a constant guess gets 0.5
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    y = np.array([True] * 8 + [False] * 32)
+    assert probe_accuracy(x, y, balanced=True) < 0.7 < probe_accuracy(x, y)
 
 
 def test_probe_and_silhouette_degenerate_inputs():
