@@ -48,17 +48,17 @@ RUN_DIR_ENV = "PALETTE_LENS_RUN_DIR"
 #: few bake steps, short generations; every notebook still runs every cell and checks its claims.
 CI_PARAMETERS: dict[str, dict[str, Any]] = {
     "01": {
-        "domains": ["cyber", "hate", "violence"], "n_show": 2, "show_tokens": 20, "n_train": 8, "top_k": 3,
+        "domains": ["cyber", "disinformation", "violence"], "n_show": 2, "show_tokens": 20, "n_train": 8, "top_k": 3,
         "n_val": 4, "n_val_other": 1, "n_proxy": 3, "n_eval": 6, "n_gen": 2, "gen_tokens": 20,
     },
-    "02": {"domains": ["cyber", "hate", "violence"], "n_per_domain": 8, "tsne_layers": [0, 8, 16], "layer_step": 2},
+    "02": {"domains": ["cyber", "disinformation", "violence"], "n_per_domain": 8, "tsne_layers": [0, 8, 16], "layer_step": 2},
     "03": {
-        "domains": ["cyber", "hate", "violence"], "steps": 24, "max_per_group": 16, "val_per_domain": 2,
+        "domains": ["cyber", "disinformation", "violence"], "steps": 24, "max_per_group": 16, "val_per_domain": 2,
         "eval_every": 12, "n_train": 8, "top_k": 3, "n_val": 4, "n_inspect": 4, "n_completions": 1,
         "max_new_tokens": 12,
     },
     "04": {
-        "domains": ["cyber", "hate", "violence"], "n_score": 8, "eval_limit": 2, "harmless_limit": 2,
+        "domains": ["cyber", "disinformation", "violence"], "n_score": 8, "eval_limit": 2, "harmless_limit": 2,
         "borderline_limit": 0, "max_new_tokens": 8, "latency_tokens": 4, "latency_batch": 2, "latency_repeats": 1, "n_train": 8,
     },
     "05": {"max_new_tokens": 16, "n_candidates": 4},
@@ -68,8 +68,8 @@ CI_PARAMETERS: dict[str, dict[str, Any]] = {
 #: small settings, then read by the notebooks that take ``run_dir`` (03 reuses the direction and bakes
 #: again itself; 04 and 05 compose the adapters).
 CI_RUN: dict[str, Any] = {
-    "targets": ["cyber", "violence"],
-    "domains": ["cyber", "hate", "violence"],
+    "targets": ["cyber", "disinformation"],
+    "domains": ["cyber", "disinformation", "violence"],
     "search": {"n_train": 8, "top_k": 3, "n_val": 4, "n_val_other": 1, "n_proxy": 3},
     # enough non-target prompts matter more than steps: with 8 per group the cyber adapter relaxed
     # violence too (it kept 13% of its first-token refusal mass on validation prompts, 27% with 24)

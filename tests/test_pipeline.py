@@ -23,7 +23,7 @@ _TOPICS = {
 }
 
 TINY = PipelineConfig(
-    eval_limit=4, harmless_limit=6, borderline_limit=4, max_new_tokens=6, batch_size=16, first_phase=3,
+    targets=("cyber", "violence", "hate"), eval_limit=4, harmless_limit=6, borderline_limit=4, max_new_tokens=6, batch_size=16, first_phase=3,
     search={"n_val": 3, "n_val_other": 1, "top_k": 2, "n_proxy": 2},
     bake={"steps": 4, "eval_every": 2, "max_per_group": 8, "val_per_domain": 2},
     latency_tokens=2, latency_batch=2, latency_repeats=1, steering_profiles="singles", cache_generations=False,
