@@ -634,7 +634,7 @@ class LeakageTable:
             lines.append(
                 f"| {r.profile} | {r.attack} | {r.n} | {_pct(r.vanilla_rate)} {_ci(r.vanilla_ci)} "
                 f"| {_pct(r.profile_rate)} {_ci(r.profile_ci)} | {r.extra_leakage_pts:+.1f} "
-                f"| {r.newly_answered} {_ci(r.newly_answered_ci)} | {_pts(r.excess_over_direct_pts)} "
+                f"| {r.newly_answered}/{r.n} {_ci(r.newly_answered_ci)} | {_pts(r.excess_over_direct_pts)} "
                 f"| {'yes' if r.within_budget else '**no**'} |"
             )
         return "\n".join(lines)

@@ -285,7 +285,7 @@ def test_doc_script_renders_a_table(measured, tmp_path):
     src = tmp_path / "leak.json"
     src.write_text(json.dumps(measured.to_dict()))
     out = tmp_path / "leakage.md"
-    assert script.main(["--json", str(src), "--out", str(out), "--note", "Tiny model."]) == 0
+    assert script.main(["--json", str(src), "--json", str(src), "--out", str(out), "--note", "Tiny model."]) == 0
     doc = out.read_text()
     assert doc.startswith("# Leakage under adversarial prompts") and "Tiny model." in doc
     assert measured.markdown() in doc and "## Caveats" in doc and "No hard-negative adapters" in doc
