@@ -378,6 +378,11 @@ def run_notebooks(
     return runs
 
 
+def _say(line: str, stream=None) -> None:
+    """One line of command-line output (stdout unless ``stream`` is given)."""
+    (stream or sys.stdout).write(line + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m palette_lens.notebook_runner", description=__doc__.splitlines()[0])
     parser.add_argument("target", nargs="?", default="notebooks", help="a notebook or a folder of notebooks")
@@ -397,10 +402,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.install_kernel:
         ensure_kernel()
-        print(f"kernel spec {KERNEL_NAME!r}: {kernel_spec_dir()}")
+        _say(f"kernel spec {KERNEL_NAME!r}: {kernel_spec_dir()}")
         return 0
     if args.prepare_ci_run:
-        print(f"CI run folder: {prepare_ci_run(args.prepare_ci_run)}")
+        _say(f"CI run folder: {prepare_ci_run(args.prepare_ci_run)}")
         return 0
     try:
         runs = run_notebooks(
@@ -408,14 +413,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=args.timeout, fail_fast=args.fail_fast,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"notebook_runner: error: {exc}", file=sys.stderr)
+        _say(f"notebook_runner: error: {exc}", sys.stderr)
         return 2
     for r in runs:
-        print(r.line())
+        _say(r.line())
     failed = [r for r in runs if not r.ok]
     for r in failed:
-        print(f"notebook_runner: {r.error}", file=sys.stderr)
-    print(f"{len(runs) - len(failed)}/{len(runs)} notebooks ok in {sum(r.seconds for r in runs):.0f} s; "
+        _say(f"notebook_runner: {r.error}", sys.stderr)
+    _say(f"{len(runs) - len(failed)}/{len(runs)} notebooks ok in {sum(r.seconds for r in runs):.0f} s; "
           f"executed copies in {runs[0].output.parent if runs else '-'}")
     return 1 if failed else 0
 
