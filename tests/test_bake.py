@@ -307,3 +307,17 @@ def test_bake_command_writes_adapter_folder(tiny_qwen, toy_prompts, tmp_path, mo
     assert adapter.layer_index == 1 and adapter.meta["domain"] == "cyber"
     # a wrong target is a one-line user error
     assert main(["bake", "--target", "nope", "--model", str(model_dir), "--out", str(out)]) == 2
+
+
+# ---------------------------------------------------------------------- the bake's ceiling
+def test_single_layer_scan_reads_the_edit_at_each_layer(tiny_qwen, toy_prompts):
+    from palette_lens.ceiling import single_layer_scan
+
+    ids = [0, 1, 2]
+    rows = single_layer_scan(tiny_qwen, toy_prompts, "cyber", layers=[0, 1, 2], n=6, refusal_ids=ids)
+    assert [r["layer"] for r in rows] == [1, 2]  # layer 0 has no block before it to bake into
+    base = rows[0]["p_base"]
+    assert all(r["p_base"] == base and 0.0 <= r["p_target"] <= 1.0 for r in rows)
+    assert all(abs(r["ratio"] - r["p_target"] / base) < 1e-9 for r in rows)
+    # the edit changes the output at some layer (it is applied, not silently skipped)
+    assert any(abs(r["p_target"] - base) > 1e-6 for r in rows)
