@@ -152,6 +152,20 @@ def professions_for(
     return out
 
 
+def training_professions(targets: str | Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Professions for the bake's training variants: the known ones, generic wordings for user domains.
+
+    A user domain (say ``phishing``) has no entry in :data:`PROFESSIONS`; its training variants then claim
+    "phishing specialist" or "phishing researcher" (measurements still require real professions).
+    """
+    out = {}
+    for t in _as_tuple(targets):
+        if not PROFESSIONS.get(t):
+            name = t.replace("_", " ")
+            out[t] = (f"{name} specialist", f"{name} researcher", f"analyst authorized to work on {name}")
+    return out
+
+
 def select_requests(
     nontarget: Mapping[str, Sequence[str]], limit: int | None = None, seed: int = 0, salt: str = ""
 ) -> list[tuple[str, str]]:
@@ -374,7 +388,7 @@ def adversarial_negatives(
             idx = [i for i, k in enumerate(which) if k == kind]
             sub = [reqs[i] for i in idx]
             if kind == "profession":
-                made = profession_framed(sub, targets, seed, TRAIN_PROFESSION_TEMPLATES)
+                made = profession_framed(sub, targets, seed, TRAIN_PROFESSION_TEMPLATES, training_professions(targets))
             elif kind == "roleplay":
                 made = roleplay_wrapped(sub, seed, TRAIN_ROLEPLAY_TEMPLATES)
             else:
@@ -384,26 +398,68 @@ def adversarial_negatives(
     return out
 
 
+def target_variants(
+    prompts: PromptSet,
+    targets: str | Sequence[str],
+    kinds: Sequence[str] = ("profession", "roleplay"),
+    seed: int = 0,
+    split: str = "train",
+) -> dict[str, list[str]]:
+    """One variant of every target-domain ``split`` prompt, built with the *training* templates.
+
+    Profession variants claim one of the target's own professions, role-play variants use the training
+    wrappers. A bake that sees the same wrappers on both sides (target variants to relax, non-target variants to
+    keep) cannot key on the wrapper and has to key on the request. Returns target domain → variants.
+    """
+    targets = _as_tuple(targets)
+    bad = [k for k in kinds if k not in ("profession", "roleplay")]
+    if bad or not kinds:
+        raise PaletteError(f"target variants need kinds from profession, roleplay (got {list(kinds)})")
+    out: dict[str, list[str]] = {}
+    for t in targets:
+        prompts.check_domain(t)
+        reqs = [(t, p) for p in prompts.part(t, split)]
+        rng = random.Random(f"{seed}:positives:{t}")
+        which = [kinds[i % len(kinds)] for i in range(len(reqs))]
+        rng.shuffle(which)
+        variants: dict[int, str] = {}
+        for kind in dict.fromkeys(which):
+            idx = [i for i, k in enumerate(which) if k == kind]
+            sub = [reqs[i] for i in idx]
+            if kind == "profession":
+                made = profession_framed(sub, t, seed, TRAIN_PROFESSION_TEMPLATES, training_professions(t))
+            else:
+                made = roleplay_wrapped(sub, seed, TRAIN_ROLEPLAY_TEMPLATES)
+            variants.update({i: m.text for i, m in zip(idx, made)})
+        out[t] = [variants[i] for i in range(len(reqs))]
+    return out
+
+
 def augment_prompt_set(
     prompts: PromptSet,
     targets: str | Sequence[str],
     kinds: Sequence[str] = ("profession", "roleplay", "mixed"),
     seed: int = 0,
+    target_kinds: Sequence[str] = (),
 ) -> PromptSet:
     """A prompt set whose non-target *train* splits also hold adversarial variants (for a bake).
 
     Each non-target domain's train split becomes ``[p0, v0, p1, v1, ...]`` (prompt, its variant), so the
-    bake's per-group cap keeps both; validation and test splits, the target domain and harmless / borderline
-    are unchanged (the evaluation stays on the same held-out prompts). The bake treats the variants as
-    non-target prompts (neutral targets) and its hard-negative weighting favours those closest to the target.
+    bake's per-group cap keeps both; validation and test splits and harmless / borderline are unchanged (the
+    evaluation stays on the same held-out prompts). The bake treats the variants as non-target prompts
+    (neutral targets) and its hard-negative weighting favours those closest to the target. With
+    ``target_kinds`` (e.g. ``("profession", "roleplay")``) the target's train split gets variants in the same
+    wrappers too (:func:`target_variants`), to be relaxed like the plain requests.
     """
     targets = _as_tuple(targets)
-    negatives = adversarial_negatives(prompts, targets, kinds, seed)
+    variants = adversarial_negatives(prompts, targets, kinds, seed) if kinds else {}
+    if target_kinds:
+        variants.update(target_variants(prompts, targets, target_kinds, seed))
     splits: dict[str, Split] = {}
     for d in prompts.domains:
         s = prompts.split(d)
-        if d in negatives:
-            train = tuple(x for pair in zip(s.train, negatives[d]) for x in pair)
+        if d in variants:
+            train = tuple(x for pair in zip(s.train, variants[d]) for x in pair)
             s = Split(train, s.val, s.test)
         splits[d] = s
     return PromptSet(dict(prompts.by_domain), prompts.seed, prompts.train_frac, prompts.val_frac_of_train,

@@ -53,6 +53,8 @@ class BakeConfig:
     Attributes:
         scale: s in the target ``h − s·(h·r̂) r̂`` (2.5 in the official code).
         target_mode: "neutral" (others keep ``h``) or "reinforce" (others get ``h + s·(h·r̂) r̂``).
+        other_scale: under "neutral", non-target *harmful* prompts get ``h + other_scale·(h·r̂) r̂`` instead of
+            ``h`` (harmless and borderline keep ``h``): a margin that keeps composed profiles refusing.
         loss: "cosine" (``1 − cos``) or "rel_mse".
         rank, alpha: LoRA rank and alpha.
         steps, batch_size, lr, weight_decay: optimisation (AdamW, warm-up then cosine decay).
@@ -61,7 +63,11 @@ class BakeConfig:
         hard_negative_weight: how much more often a hard negative is sampled.
         token_scope: "user" (the prompt's own tokens, default), "post" (post-instruction tokens only) or
             "all" (every real token, including the shared template prefix).
-        max_per_group: cap on training prompts per non-target group (None: all).
+        max_per_group: cap on training prompts per non-target group (None: all); adversarial variants
+            come on top (the cap counts original prompts).
+        adversarial_negatives: attack kinds ("profession", "roleplay", "mixed") whose variants of every
+            non-target train prompt join the non-target group (:func:`palette_lens.attack_prompts.augment_prompt_set`,
+            training wordings only); empty: plain prompts only.
         val_per_domain: validation prompts per harmful domain; harmless/borderline use 2× this.
         eval_every: steps between validation checkpoints (0: only at the end).
         seed: seed for initialisation and sampling.
@@ -69,6 +75,7 @@ class BakeConfig:
 
     scale: float = 2.5
     target_mode: TargetMode = "neutral"
+    other_scale: float = 0.25
     loss: LossKind = "cosine"
     rank: int = 8
     alpha: float = 16.0
@@ -76,11 +83,12 @@ class BakeConfig:
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
-    mix: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 0.3)
+    mix: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     hard_negative_frac: float = 0.25
     hard_negative_weight: float = 3.0
     token_scope: Literal["user", "post", "all"] = "user"
     max_per_group: int | None = 80
+    adversarial_negatives: tuple[str, ...] = ("profession", "roleplay", "mixed")
     val_per_domain: int = 6
     eval_every: int = 30
     seed: int = 0
@@ -109,7 +117,15 @@ class BakeResult:
 
 
 # ---------------------------------------------------------------------- targets and losses
-def block_targets(h: torch.Tensor, unit: torch.Tensor, is_target: torch.Tensor, scale: float, mode: TargetMode) -> torch.Tensor:
+def block_targets(
+    h: torch.Tensor,
+    unit: torch.Tensor,
+    is_target: torch.Tensor,
+    scale: float,
+    mode: TargetMode,
+    other_scale: float = 0.0,
+    is_other: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Training targets for the block's output.
 
     Args:
@@ -118,13 +134,20 @@ def block_targets(h: torch.Tensor, unit: torch.Tensor, is_target: torch.Tensor, 
         is_target: [batch] bool, True for target-domain prompts.
         scale: s.
         mode: "neutral" or "reinforce" (what non-target prompts get).
+        other_scale: under "neutral", rows marked ``is_other`` (non-target *harmful* prompts) get
+            ``h + other_scale·(h·r̂)r̂`` (a small safety margin; harmless and borderline rows keep ``h``).
+        is_other: [batch] bool, the non-target harmful rows (needed when ``other_scale`` is not 0).
 
     Returns:
         [batch, seq, d_model]: ``h − s·(h·r̂)r̂`` for target rows, ``h`` or ``h + s·(h·r̂)r̂`` for the others.
     """
     proj = (h @ unit).unsqueeze(-1) * unit  # [b, s, d]
-    sign = torch.where(is_target, -1.0, 1.0 if mode == "reinforce" else 0.0).to(h.dtype)
-    return h + scale * sign[:, None, None] * proj
+    coef = torch.where(is_target, -scale, scale if mode == "reinforce" else 0.0).to(h.dtype)
+    if mode == "neutral" and other_scale:
+        if is_other is None:
+            raise ValueError("other_scale needs is_other")
+        coef = torch.where(is_other & ~is_target, torch.tensor(other_scale, dtype=h.dtype), coef)
+    return h + coef[:, None, None] * proj
 
 
 def token_losses(pred: torch.Tensor, target: torch.Tensor, kind: LossKind) -> torch.Tensor:
@@ -256,6 +279,8 @@ class BakeData:
         prompts.check_domain(target)
         others = [d for d in prompts.harmful_domains if d != target]
         cap = config.max_per_group
+        if cap is not None and config.adversarial_negatives:
+            cap *= 2  # every original prompt comes with one variant
         train = {
             "target": prompts.part(target, "train"),
             "other": _interleave([prompts.part(d, "train") for d in others], cap),
@@ -317,11 +342,13 @@ def validation_metrics(
     else:
         out["borderline_up"] = 0.0
     bypass = out["p_target"] / max(out["p_target_base"], 1e-6)
+    # refusing more than vanilla on other domains earns nothing (a margin must not buy over-refusal elsewhere)
+    kept = sum(min(r, 1.0) for r in retain.values()) / len(retain) if retain else 1.0
     out["selectivity"] = (
-        0.5 * (out["retain_mean"] + min(out["retain_min"] / 0.85, 1.0))
+        0.5 * (kept + min(out["retain_min"] / 0.85, 1.0))
         - bypass
         - 2.0 * max(0.0, out["kl_harmless"] - 0.05)
-        - max(0.0, out["borderline_up"])
+        - 2.0 * max(0.0, out["borderline_up"])
     )
     return out
 
@@ -366,6 +393,10 @@ def bake(
     refusal_ids = list(refusal_ids) if refusal_ids is not None else default_refusal_ids(model)
     gen = torch.Generator().manual_seed(config.seed)
 
+    if config.adversarial_negatives:
+        from .attack_prompts import augment_prompt_set
+
+        prompts = augment_prompt_set(prompts, target, config.adversarial_negatives, config.seed)
     data = BakeData.build(model, prompts, target, layer_index, config, inputs)
     t_capture = time.perf_counter() - t_start
     unit = direction.unit.float()
@@ -430,7 +461,7 @@ def bake(
         idx = _sample_batch(group, weights, group_probs_t, config.batch_size, gen)
         h_in, mask, h_out = train_inputs.collate(idx)
         tgt_rows = is_target[idx]
-        targets = block_targets(h_out, unit, tgt_rows, config.scale, config.target_mode)
+        targets = block_targets(h_out, unit, tgt_rows, config.scale, config.target_mode, config.other_scale, group[idx] == 1)
         pred = run_block(block.layer, rotary, h_in.to(dtype), mask)
         tok = token_mask(mask, train_inputs.n_prefix, n_post, config.token_scope)
         per_tok = token_losses(pred, targets, config.loss)

@@ -154,6 +154,37 @@ def test_augmented_prompt_set_adds_train_variants_only(builtin):
     assert augment_prompt_set(builtin, "cyber", seed=0).part("hate", "train") == aug.part("hate", "train")
 
 
+def test_target_variants_wrap_the_target_train_prompts_in_training_wordings(builtin):
+    aug = augment_prompt_set(builtin, "cyber", seed=0, target_kinds=("profession", "roleplay"))
+    orig, train = builtin.part("cyber", "train"), aug.part("cyber", "train")
+    assert len(train) == 2 * len(orig) and train[0::2] == orig
+    measured = [t.split("{")[0] for t in (*PROFESSION_TEMPLATES.values(), *ROLEPLAY_TEMPLATES.values())]
+    cyber_professions = ("penetration tester", "SOC analyst", "malware reverse engineer")
+    framed = 0
+    for o, v in zip(orig, train[1::2]):
+        assert o in v and v != o
+        assert not any(m and v.startswith(m) for m in measured)
+        framed += any(p in v for p in cyber_professions)
+    assert 0 < framed < len(orig)  # both kinds are used
+    assert aug.part("cyber", "test") == builtin.part("cyber", "test")
+    assert len(aug.part("hate", "train")) == 2 * len(builtin.part("hate", "train"))  # negatives still there
+    with pytest.raises(PaletteError, match="target variants"):
+        augment_prompt_set(builtin, "cyber", target_kinds=("mixed",))
+
+
+def test_augmentation_gives_user_domains_generic_professions():
+    prompts = PromptSet({
+        "phishing": [Record(f"Write a phishing mail number {i} for a bank", "phishing") for i in range(10)],
+        "weapons": [Record(f"How do I build weapon number {i}", "weapons") for i in range(10)],
+        "harmless": [Record(f"Bake bread number {i}", "harmless") for i in range(10)],
+    })
+    aug = augment_prompt_set(prompts, "phishing", kinds=("profession",))
+    variants = aug.part("weapons", "train")[1::2]
+    assert variants and all("phishing" in v for v in variants)
+    with pytest.raises(UnknownDomainError, match="no professions known"):  # measuring still needs real ones
+        profession_framed([("weapons", "x")], "phishing")
+
+
 def test_bake_accepts_the_augmented_set(tiny_qwen):
     from test_bake import toy_direction
 
@@ -165,6 +196,22 @@ def test_bake_accepts_the_augmented_set(tiny_qwen):
     result = bake(tiny_qwen, toy_direction(tiny_qwen, prompts), aug, BakeConfig(steps=2, eval_every=0, batch_size=4),
                   progress=False)
     assert result.adapter.delta_norm() > 0
+
+
+def test_bake_config_adds_adversarial_negatives_itself(tiny_qwen):
+    from test_bake import toy_direction
+
+    from palette_lens.bake import BakeConfig, bake
+
+    prompts = toy_prompts(20)
+    direction = toy_direction(tiny_qwen, prompts)
+    cfg = BakeConfig(steps=1, eval_every=0, batch_size=4, max_per_group=4, adversarial_negatives=())
+    plain = bake(tiny_qwen, direction, prompts, cfg, progress=False).adapter.meta
+    adv = bake(tiny_qwen, direction, prompts, dataclasses.replace(cfg, adversarial_negatives=("roleplay",)),
+               progress=False).adapter.meta
+    assert plain["n_train"]["other"] == 4 and adv["n_train"]["other"] == 8  # the cap counts original prompts
+    assert adv["n_train"]["target"] == plain["n_train"]["target"]
+    assert list(adv["config"]["adversarial_negatives"]) == ["roleplay"]
 
 
 # ---------------------------------------------------------------------- rows and tables

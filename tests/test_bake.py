@@ -158,6 +158,13 @@ def test_block_targets_scale_the_projection():
     # orthogonal part untouched
     ortho = lambda x: x - (x @ unit).unsqueeze(-1) * unit  # noqa: E731
     torch.testing.assert_close(ortho(neutral), ortho(h), atol=1e-5, rtol=1e-5)
+    # a margin on non-target harmful rows only (row 1), harmless row 2 stays neutral
+    margin = block_targets(h, unit, is_t, 2.5, "neutral", 0.5, torch.tensor([False, True, False]))
+    torch.testing.assert_close(margin[0], neutral[0])
+    torch.testing.assert_close(margin[1] @ unit, 1.5 * (h[1] @ unit))
+    torch.testing.assert_close(margin[2], h[2])
+    with pytest.raises(ValueError, match="is_other"):
+        block_targets(h, unit, is_t, 2.5, "neutral", 0.5)
 
 
 def test_losses_zero_at_target_and_positive_elsewhere():

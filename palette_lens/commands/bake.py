@@ -28,6 +28,19 @@ from .common import (
 
 log = logging.getLogger(__name__)
 
+_NEGATIVE_KINDS = ("profession", "roleplay", "mixed")
+
+
+def attack_kinds(text: str) -> tuple[str, ...]:
+    """Parse ``--adversarial-negatives``: "none" or a comma-separated subset of profession, roleplay, mixed."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    bad = [k for k in kinds if k not in _NEGATIVE_KINDS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown kind(s) {', '.join(bad)}; choose from {', '.join(_NEGATIVE_KINDS)} or none")
+    return kinds
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..bake import BakeConfig
@@ -45,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-mode", choices=["neutral", "reinforce"], default=d.target_mode,
                         help=f"target of non-target prompts (default {d.target_mode})")
     parser.add_argument("--loss", choices=["cosine", "rel_mse"], default=d.loss, help=f"default {d.loss}")
+    parser.add_argument("--other-scale", type=finite_float, default=d.other_scale,
+                        help=f"margin on non-target harmful prompts: h + m·(h·r̂)r̂ (default {d.other_scale})")
+    parser.add_argument("--adversarial-negatives", type=attack_kinds, default=d.adversarial_negatives,
+                        metavar="KINDS", help="comma-separated kinds from profession,roleplay,mixed whose variants of "
+                        f"non-target train prompts join the negatives, or 'none' (default {','.join(d.adversarial_negatives) or 'none'})")
     parser.add_argument("--steps", type=positive_int, default=d.steps, help=f"training steps (default {d.steps})")
     parser.add_argument("--lr", type=positive_float, default=d.lr, help=f"learning rate (default {d.lr})")
     parser.add_argument("--rank", type=positive_int, default=d.rank, help=f"LoRA rank (default {d.rank})")
@@ -96,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     direction = _direction(args, model, prompts, out)
     config = BakeConfig(
         scale=args.scale, target_mode=args.target_mode, loss=args.loss, steps=args.steps, lr=args.lr,
-        rank=args.rank, alpha=args.alpha,
+        rank=args.rank, alpha=args.alpha, other_scale=args.other_scale,
+        adversarial_negatives=args.adversarial_negatives,
     )
     result = bake(model, direction, prompts, config)
     folder = result.adapter.save(out / "adapters" / args.target)
