@@ -75,7 +75,7 @@ class BakeConfig:
 
     scale: float = 2.5
     target_mode: TargetMode = "neutral"
-    other_scale: float = 0.25
+    other_scale: float = 0.0
     loss: LossKind = "cosine"
     rank: int = 8
     alpha: float = 16.0
@@ -83,12 +83,12 @@ class BakeConfig:
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
-    mix: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    mix: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 0.3)
     hard_negative_frac: float = 0.25
     hard_negative_weight: float = 3.0
     token_scope: Literal["user", "post", "all"] = "user"
     max_per_group: int | None = 80
-    adversarial_negatives: tuple[str, ...] = ("profession", "roleplay", "mixed")
+    adversarial_negatives: tuple[str, ...] = ()
     val_per_domain: int = 6
     eval_every: int = 30
     seed: int = 0
@@ -309,13 +309,16 @@ def _interleave(lists: Sequence[list[str]], cap: int | None) -> list[str]:
 
 # ---------------------------------------------------------------------- validation
 def validation_metrics(
-    logprobs: torch.Tensor, base_logprobs: torch.Tensor, groups: dict[str, slice], refusal_ids: Sequence[int]
+    logprobs: torch.Tensor, base_logprobs: torch.Tensor, groups: dict[str, slice], refusal_ids: Sequence[int],
+    margin: bool = False,
 ) -> dict:
     """First-token metrics of an adapted block against the unadapted one on validation prompts.
 
     Returns a dict with ``p_target`` (mean refusal-token mass on target prompts), ``retain`` (per other
     harmful domain, adapted / vanilla mass), ``retain_mean``, ``retain_min``, ``kl_harmless``,
-    ``borderline_up`` (increase of refusal mass) and ``selectivity`` (higher is better).
+    ``borderline_up`` (increase of refusal mass) and ``selectivity`` (higher is better). With ``margin``
+    (a bake with ``other_scale > 0``, which raises refusal elsewhere by design) retention above 1 earns nothing
+    in the selectivity and borderline over-refusal counts twice.
     """
     p1 = torch.sigmoid(refusal_scores(logprobs, refusal_ids))
     p0 = torch.sigmoid(refusal_scores(base_logprobs, refusal_ids))
@@ -342,13 +345,12 @@ def validation_metrics(
     else:
         out["borderline_up"] = 0.0
     bypass = out["p_target"] / max(out["p_target_base"], 1e-6)
-    # refusing more than vanilla on other domains earns nothing (a margin must not buy over-refusal elsewhere)
-    kept = sum(min(r, 1.0) for r in retain.values()) / len(retain) if retain else 1.0
+    kept = sum(min(r, 1.0) for r in retain.values()) / len(retain) if margin and retain else out["retain_mean"]
     out["selectivity"] = (
         0.5 * (kept + min(out["retain_min"] / 0.85, 1.0))
         - bypass
         - 2.0 * max(0.0, out["kl_harmless"] - 0.05)
-        - 2.0 * max(0.0, out["borderline_up"])
+        - (2.0 if margin else 1.0) * max(0.0, out["borderline_up"])
     )
     return out
 
@@ -481,7 +483,7 @@ def bake(
             t2 = time.perf_counter()
             block.peft_model.eval()
             lp = run_suffix(model, val_inputs, first_block=block.layer, rotary=rotary)
-            metrics = validation_metrics(lp, base_val_lp, val_groups, refusal_ids)
+            metrics = validation_metrics(lp, base_val_lp, val_groups, refusal_ids, config.other_scale > 0)
             t_validate += time.perf_counter() - t2
             record["val"] = metrics
             log.info(

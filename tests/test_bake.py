@@ -15,6 +15,7 @@ from palette_lens.bake import (
     hard_negative_weights,
     token_losses,
     token_mask,
+    validation_metrics,
 )
 from palette_lens.block_inputs import (
     capture_block_inputs,
@@ -165,6 +166,21 @@ def test_block_targets_scale_the_projection():
     torch.testing.assert_close(margin[2], h[2])
     with pytest.raises(ValueError, match="is_other"):
         block_targets(h, unit, is_t, 2.5, "neutral", 0.5)
+
+
+def test_selectivity_under_a_margin_does_not_reward_over_refusal():
+    vocab, refusal = 6, [0]
+    base = torch.log_softmax(torch.zeros(5, vocab), -1)  # every prompt: refusal mass 1/6
+    more = base.clone()
+    more[1:3] = torch.log_softmax(torch.tensor([3.0, 0, 0, 0, 0, 0]), -1)  # rows 1-2 refuse more than vanilla
+    groups = {"target": slice(0, 1), "chem": slice(1, 2), "hate": slice(2, 3), "harmless": slice(3, 4),
+              "borderline": slice(4, 5)}
+    plain = validation_metrics(more, base, groups, refusal)
+    margin = validation_metrics(more, base, groups, refusal, margin=True)
+    assert plain["retain_mean"] > 1.5 and margin["retain_mean"] == plain["retain_mean"]
+    assert margin["selectivity"] < plain["selectivity"]
+    same = validation_metrics(base, base, groups, refusal)
+    assert validation_metrics(base, base, groups, refusal, margin=True)["selectivity"] == same["selectivity"]
 
 
 def test_losses_zero_at_target_and_positive_elsewhere():

@@ -1,0 +1,87 @@
+"""Bake one domain under several settings and measure each adapter side by side (docs/bake.md's tables).
+
+For each setting (a JSON object of :class:`palette_lens.bake.BakeConfig` overrides) the target's direction
+(``--layer``, position −1, difference of means on all train prompts) is baked, then the merged single-domain
+profile is generated on a test slice (``--n`` target prompts, ``--n-other`` per other domain, 24 harmless, 12
+borderline) and on adversarial variants of ``--leak`` non-target requests per attack kind
+(:func:`palette_lens.adversarial.measure_leakage`). One JSON line per setting on stdout.
+
+Usage::
+
+    .venv/bin/python scripts/bake_variants.py --target cyber \\
+        '{"adversarial_negatives": [], "other_scale": 0, "mix": [1, 1, 1, 0.3]}' '{}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    from palette_lens.adversarial import AttackConfig, measure_leakage
+    from palette_lens.bake import BakeConfig, bake
+    from palette_lens.candidates import candidates_from_residuals, collect_domain_residuals
+    from palette_lens.compose import merged_profile
+    from palette_lens.data import BORDERLINE, HARMLESS, load_prompts
+    from palette_lens.evaluate import EvalConfig, EvalSet, Evaluator
+    from palette_lens.models import load_model
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--layer", type=int, default=19)
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--n-other", type=int, default=12)
+    ap.add_argument("--leak", type=int, default=8)
+    ap.add_argument("--save", default=None, help="folder to save each adapter in (<save>/<i>/<target>)")
+    ap.add_argument("settings", nargs="*", default=["{}"])
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    model = load_model()
+    prompts = load_prompts()
+    res = collect_domain_residuals(model, prompts, [args.target, HARMLESS], limit=None)
+    cands = candidates_from_residuals(res[args.target], res[HARMLESS], args.target, model.fingerprint,
+                                      prompts.data_hash([args.target, HARMLESS]))
+    direction = cands.direction(args.layer, -1)
+    gen = EvalConfig(64, 64, 12)
+    evalset = EvalSet.build(prompts, None, "test", args.n_other, 24, 12)
+    evalset.prompts[args.target] = tuple(prompts.part(args.target, "test", args.n))
+    evaluator = Evaluator(model, evalset, gen, cache=True)
+    print(json.dumps({"target": args.target, "vanilla": evaluator.vanilla().refusal_rate()}), flush=True)
+    for i, text in enumerate(args.settings):
+        overrides = json.loads(text)
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        cfg = replace(BakeConfig(), **overrides)
+        t0 = time.perf_counter()
+        adapter = bake(model, direction, prompts, cfg, progress=False).adapter
+        bake_s = time.perf_counter() - t0
+        if args.save:
+            adapter.save(Path(args.save) / str(i) / args.target)
+        lm = merged_profile(model, [adapter])
+        rates = evaluator.evaluate_lm(text, lm, [args.target]).refusal_rate()
+        del lm
+        others = [d for d in rates if d not in (args.target, HARMLESS, BORDERLINE)]
+        leak = measure_leakage(model, prompts, {args.target: [adapter]},
+                               AttackConfig(kinds=("profession", "roleplay", "mixed"), limit=args.leak), gen,
+                               cache=True, progress=False)
+        print(json.dumps({
+            "setting": overrides, "bake_s": round(bake_s, 1),
+            "target_refused": rates[args.target],
+            "other_kept_mean": sum(rates[d] for d in others) / len(others),
+            "other_kept_worst": min(rates[d] for d in others),
+            "rates": rates,
+            "extra_leakage_pts": {r.attack: r.extra_leakage_pts for r in leak.rows},
+        }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
