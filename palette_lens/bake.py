@@ -32,10 +32,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import BakedAdapter
-from .block_inputs import BlockInputs, capture_block_inputs, plain_decoder_layer, rotary_embedding, run_block, run_suffix
+from .block_inputs import BlockInputs, capture_block_inputs, rotary_embedding, run_block, run_suffix
 from .data import BORDERLINE, HARMLESS, PromptSet
 from .directions import Direction
 from .errors import PaletteError
+from .lora_block import LoraBlock, linear_module_names  # noqa: F401  (re-exported)
 from .models import ChatModel
 from .refusal import first_token_kl, opener_tokens, refusal_scores
 
@@ -200,66 +201,6 @@ def hard_negative_weights(
     hard = others[sim.topk(k).indices]
     w[hard] = weight
     return w
-
-
-# ---------------------------------------------------------------------- the LoRA block
-def _holder(layer: torch.nn.Module, prefix: str) -> torch.nn.Module:
-    """Nest ``layer`` under ``prefix`` (e.g. "model.layers.11") so module names match a plain HF model."""
-    parts = prefix.split(".")
-    root = torch.nn.ModuleDict()
-    cur = root
-    for part in parts[:-1]:
-        nxt = torch.nn.ModuleDict()
-        cur[part] = nxt
-        cur = nxt
-    cur[parts[-1]] = layer
-    return root
-
-
-def linear_module_names(layer: torch.nn.Module, prefix: str) -> list[str]:
-    """Plain HF names of every ``nn.Linear`` inside ``layer``, prefixed (e.g. ``model.layers.11.mlp.up_proj``)."""
-    return sorted(f"{prefix}.{n}" for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear))
-
-
-class LoraBlock:
-    """A private copy of one decoder block with LoRA on all its linear modules (peft).
-
-    Attributes:
-        prefix: the block's module path in a plain HF model.
-        peft_model: the peft-wrapped holder; ``layer`` runs the adapted block.
-    """
-
-    def __init__(self, model: ChatModel, layer_index: int, rank: int, alpha: float, seed: int):
-        from peft import LoraConfig, get_peft_model
-
-        self.layer_index = layer_index
-        self.prefix = model.decoder_layer_prefix(layer_index)
-        layer = plain_decoder_layer(model, layer_index).float()
-        self.modules = linear_module_names(layer, self.prefix)
-        self.rank, self.alpha = rank, alpha
-        torch.manual_seed(seed)
-        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=self.modules)
-        self.peft_model = get_peft_model(_holder(layer, self.prefix), config)
-        self.layer = self.peft_model.get_submodule(f"base_model.model.{self.prefix}")
-
-    def parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.peft_model.parameters() if p.requires_grad]
-
-    def factors(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Current LoRA factors (copies): A name → [r, in], B name → [out, r]."""
-        a, b = {}, {}
-        for name in self.modules:
-            mod = self.peft_model.get_submodule(f"base_model.model.{name}")
-            a[name] = mod.lora_A["default"].weight.detach().clone()
-            b[name] = mod.lora_B["default"].weight.detach().clone()
-        return a, b
-
-    def load_factors(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for name in self.modules:
-                mod = self.peft_model.get_submodule(f"base_model.model.{name}")
-                mod.lora_A["default"].weight.copy_(a[name])
-                mod.lora_B["default"].weight.copy_(b[name])
 
 
 # ---------------------------------------------------------------------- data
