@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from .data import RESERVED, PromptSet, Split
@@ -375,27 +375,37 @@ def adversarial_negatives(
     for t in targets:
         prompts.check_domain(t)
     target_requests = [p for t in targets for p in prompts.part(t, split)]
+
+    def build(kind: str, sub: list[tuple[str, str]]) -> list[AttackPrompt]:
+        if kind == "profession":
+            return profession_framed(sub, targets, seed, TRAIN_PROFESSION_TEMPLATES, training_professions(targets))
+        if kind == "roleplay":
+            return roleplay_wrapped(sub, seed, TRAIN_ROLEPLAY_TEMPLATES)
+        return mixed_with_target(sub, target_requests, seed, "random", TRAIN_MIXED_TEMPLATES)
+
     out: dict[str, list[str]] = {}
     for d in prompts.harmful_domains:
         if d in targets:
             continue
         reqs = [(d, p) for p in prompts.part(d, split)]
-        rng = random.Random(f"{seed}:negatives:{'+'.join(targets)}:{d}")
-        which = [kinds[i % len(kinds)] for i in range(len(reqs))]
-        rng.shuffle(which)
-        variants: dict[int, str] = {}
-        for kind in dict.fromkeys(which):
-            idx = [i for i, k in enumerate(which) if k == kind]
-            sub = [reqs[i] for i in idx]
-            if kind == "profession":
-                made = profession_framed(sub, targets, seed, TRAIN_PROFESSION_TEMPLATES, training_professions(targets))
-            elif kind == "roleplay":
-                made = roleplay_wrapped(sub, seed, TRAIN_ROLEPLAY_TEMPLATES)
-            else:
-                made = mixed_with_target(sub, target_requests, seed, "random", TRAIN_MIXED_TEMPLATES)
-            variants.update({i: m.text for i, m in zip(idx, made)})
-        out[d] = [variants[i] for i in range(len(reqs))]
+        out[d] = _one_variant_each(reqs, kinds, f"{seed}:negatives:{'+'.join(targets)}:{d}", build)
     return out
+
+
+def _one_variant_each(
+    requests: Sequence[tuple[str, str]], kinds: Sequence[str], rng_key: str,
+    build: Callable[[str, list[tuple[str, str]]], list[AttackPrompt]],
+) -> list[str]:
+    """One variant per request: the kinds rotate over the requests in a seeded order; ``build(kind, requests)``."""
+    rng = random.Random(rng_key)
+    which = [kinds[i % len(kinds)] for i in range(len(requests))]
+    rng.shuffle(which)
+    variants: dict[int, str] = {}
+    for kind in dict.fromkeys(which):
+        idx = [i for i, k in enumerate(which) if k == kind]
+        made = build(kind, [requests[i] for i in idx])
+        variants.update({i: m.text for i, m in zip(idx, made)})
+    return [variants[i] for i in range(len(requests))]
 
 
 def target_variants(
@@ -418,20 +428,13 @@ def target_variants(
     out: dict[str, list[str]] = {}
     for t in targets:
         prompts.check_domain(t)
-        reqs = [(t, p) for p in prompts.part(t, split)]
-        rng = random.Random(f"{seed}:positives:{t}")
-        which = [kinds[i % len(kinds)] for i in range(len(reqs))]
-        rng.shuffle(which)
-        variants: dict[int, str] = {}
-        for kind in dict.fromkeys(which):
-            idx = [i for i, k in enumerate(which) if k == kind]
-            sub = [reqs[i] for i in idx]
+
+        def build(kind: str, sub: list[tuple[str, str]], t: str = t) -> list[AttackPrompt]:
             if kind == "profession":
-                made = profession_framed(sub, t, seed, TRAIN_PROFESSION_TEMPLATES, training_professions(t))
-            else:
-                made = roleplay_wrapped(sub, seed, TRAIN_ROLEPLAY_TEMPLATES)
-            variants.update({i: m.text for i, m in zip(idx, made)})
-        out[t] = [variants[i] for i in range(len(reqs))]
+                return profession_framed(sub, t, seed, TRAIN_PROFESSION_TEMPLATES, training_professions(t))
+            return roleplay_wrapped(sub, seed, TRAIN_ROLEPLAY_TEMPLATES)
+
+        out[t] = _one_variant_each([(t, p) for p in prompts.part(t, split)], kinds, f"{seed}:positives:{t}", build)
     return out
 
 
