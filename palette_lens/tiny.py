@@ -86,3 +86,30 @@ def tiny_chat_model(style: str = "qwen2", seed: int = 0, n_layers: int = 3, d_mo
     hf_model = tiny_hf_model(style, len(tokenizer), seed=seed, n_layers=n_layers, d_model=d_model)
     adapter = "Qwen/Qwen2-0.5B-Instruct" if style == "qwen2" else "meta-llama/Llama-3.2-1B-Instruct"
     return wrap_model(hf_model, tokenizer, name=f"tiny-{style}", source=f"tiny:{style}:{seed}", adapter_name=adapter)
+
+
+def random_lora_factors(
+    model: Any, layer_index: int, generator: torch.Generator, rank: int = 8, scale: float = 0.2
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Random LoRA factors on every linear module of one block (for tests of adapters, composition, drafts).
+
+    Args:
+        model: a :class:`palette_lens.models.ChatModel`.
+        layer_index: the block.
+        generator: draws A then B per module, in module-name order.
+        rank, scale: factor rank and the scale of the standard-normal entries.
+
+    Returns:
+        (A name → [rank, in], B name → [out, rank]) with plain HF module names.
+    """
+    from .block_inputs import plain_decoder_layer
+    from .lora_block import linear_module_names
+
+    prefix = model.decoder_layer_prefix(layer_index)
+    layer = plain_decoder_layer(model, layer_index)
+    a, b = {}, {}
+    for name in linear_module_names(layer, prefix):
+        w = layer.get_submodule(name[len(prefix) + 1 :]).weight
+        a[name] = torch.randn(rank, w.shape[1], generator=generator) * scale
+        b[name] = torch.randn(w.shape[0], rank, generator=generator) * scale
+    return a, b

@@ -273,17 +273,10 @@ def test_measure_latency_runs_every_variant(tiny_qwen):
 # ---------------------------------------------------------------------- drafts
 def _small_adapter(model, scale: float, seed: int = 5):
     from palette_lens.adapters import BakedAdapter
-    from palette_lens.bake import linear_module_names
-    from palette_lens.block_inputs import plain_decoder_layer
+    from palette_lens.tiny import random_lora_factors
 
     g = torch.Generator().manual_seed(seed)
-    prefix = model.decoder_layer_prefix(1)
-    layer = plain_decoder_layer(model, 1)
-    a, b = {}, {}
-    for name in linear_module_names(layer, prefix):
-        w = layer.get_submodule(name[len(prefix) + 1 :]).weight
-        a[name] = torch.randn(8, w.shape[1], generator=g) * scale
-        b[name] = torch.randn(w.shape[0], 8, generator=g) * scale
+    a, b = random_lora_factors(model, 1, g, rank=8, scale=scale)
     return BakedAdapter(1, a, b, meta={"domain": "cyber", "base_fingerprint": model.fingerprint})
 
 

@@ -31,17 +31,10 @@ def enospc() -> OSError:
 
 def small_adapter(model, seed: int = 0, layer_index: int = 1) -> BakedAdapter:
     """Random rank-2 LoRA factors on every linear module of one block, with the metadata a bake writes."""
-    from palette_lens.bake import linear_module_names
-    from palette_lens.block_inputs import plain_decoder_layer
+    from palette_lens.tiny import random_lora_factors
 
     g = torch.Generator().manual_seed(seed)
-    prefix = model.decoder_layer_prefix(layer_index)
-    layer = plain_decoder_layer(model, layer_index)
-    a, b = {}, {}
-    for name in linear_module_names(layer, prefix):
-        w = layer.get_submodule(name[len(prefix) + 1 :]).weight
-        a[name] = torch.randn(2, w.shape[1], generator=g) * 0.1
-        b[name] = torch.randn(w.shape[0], 2, generator=g) * 0.1
+    a, b = random_lora_factors(model, layer_index, g, rank=2, scale=0.1)
     meta = {"domain": "cyber", "base_fingerprint": model.fingerprint, "base_model": model.name, "position": -1}
     return BakedAdapter(layer_index, a, b, rank=2, alpha=4.0, meta=meta,
                         direction=torch.randn(model.d_model, generator=g))

@@ -13,17 +13,10 @@ from palette_lens.widgets import ChatTurn, ProfileChat
 
 def random_adapter(model, layer_index: int, seed: int, domain: str, scale: float = 0.6) -> BakedAdapter:
     """Large random LoRA factors on every linear module of one block (they change greedy tokens)."""
-    from palette_lens.bake import linear_module_names
-    from palette_lens.block_inputs import plain_decoder_layer
+    from palette_lens.tiny import random_lora_factors
 
     g = torch.Generator().manual_seed(seed)
-    prefix = model.decoder_layer_prefix(layer_index)
-    layer = plain_decoder_layer(model, layer_index)
-    a, b = {}, {}
-    for name in linear_module_names(layer, prefix):
-        w = layer.get_submodule(name[len(prefix) + 1 :]).weight
-        a[name] = torch.randn(8, w.shape[1], generator=g) * scale
-        b[name] = torch.randn(w.shape[0], 8, generator=g) * scale
+    a, b = random_lora_factors(model, layer_index, g, rank=8, scale=scale)
     meta = {"domain": domain, "base_fingerprint": model.fingerprint, "base_model": model.name,
             "layer": layer_index + 1, "position": -1}
     return BakedAdapter(layer_index, a, b, meta=meta, direction=torch.randn(model.d_model, generator=g))
