@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=19)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--n-other", type=int, default=12)
-    ap.add_argument("--leak", type=int, default=8)
+    ap.add_argument("--leak", type=int, default=8, help="requests per attack kind (0: no leakage run)")
     ap.add_argument("--save", default=None, help="folder to save each adapter in (<save>/<i>/<target>)")
     ap.add_argument("settings", nargs="*", default=["{}"])
     args = ap.parse_args()
@@ -72,14 +72,14 @@ def main() -> None:
         others = [d for d in rates if d not in (args.target, HARMLESS, BORDERLINE)]
         leak = measure_leakage(model, prompts, {args.target: [adapter]},
                                AttackConfig(kinds=("profession", "roleplay", "mixed"), limit=args.leak), gen,
-                               cache=True, progress=False)
+                               cache=True, progress=False) if args.leak else None
         print(json.dumps({
             "setting": overrides, "bake_s": round(bake_s, 1),
             "target_refused": rates[args.target],
             "other_kept_mean": sum(rates[d] for d in others) / len(others),
             "other_kept_worst": min(rates[d] for d in others),
             "rates": rates,
-            "extra_leakage_pts": {r.attack: r.extra_leakage_pts for r in leak.rows},
+            "extra_leakage_pts": {r.attack: r.extra_leakage_pts for r in leak.rows} if leak else None,
         }), flush=True)
 
 
