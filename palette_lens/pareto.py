@@ -1,10 +1,15 @@
-"""Pareto front and trade-off selection over candidate objectives (pure functions, no model)."""
+"""Pareto front, trade-off selection and the search's choice rule over candidate objectives (pure functions, no model)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
+
+from .errors import PaletteError
+
+RetainKind = Literal["causal", "sep", "both"]
 
 
 def dominates(a: np.ndarray, b: np.ndarray, maximize: Sequence[bool]) -> bool:
@@ -69,3 +74,45 @@ def select_tradeoff(
     tb = np.zeros_like(scores) if tiebreak is None else np.asarray(tiebreak, dtype=float)
     order = np.lexsort((np.arange(len(scores)), tb, np.round(scores, 12)))
     return int(order[0])
+
+
+# --------------------------------------------------------------------- the search's selection rule
+def retention_scores(rows: Sequence[dict], kind: RetainKind) -> np.ndarray:
+    """The selection's retention objective for evaluated rows (higher is better)."""
+    causal = np.array([r["retain_N"] for r in rows], dtype=float)
+    sep = np.array([r["sep_N"] if r.get("sep_N") is not None else np.nan for r in rows], dtype=float)
+    if kind == "causal" or np.isnan(sep).all():
+        return causal
+    if kind == "sep":
+        return sep
+    return 0.5 * (minmax(causal) + minmax(np.nan_to_num(sep, nan=np.nanmin(sep))))
+
+
+def choose(rows: Sequence[dict], alpha: float, kl_max: float, bypass_max: float | None) -> tuple[int, str | None]:
+    """Index into ``rows`` (evaluated candidates with a ``retain`` key) picked by the selection rule.
+
+    Filters are relaxed in order when nothing passes: first ``bypass_max``, then ``kl_max`` (then the
+    smallest KL decides). Ties of the trade-off score go to the stronger bypass.
+
+    Returns:
+        (index, fallback description or None).
+    """
+    if not rows:
+        raise PaletteError("no candidate was evaluated; nothing to choose from")
+    kl = np.array([r["kl_H"] for r in rows], dtype=float)
+    by = np.array([r["bypass_T"] for r in rows], dtype=float)
+    ok_kl = kl <= kl_max
+    ok_by = np.ones_like(ok_kl) if bypass_max is None else by <= bypass_max
+    for mask, fallback in (
+        (ok_kl & ok_by, None),
+        (ok_kl, f"no candidate with kl_H <= {kl_max} reaches bypass_T <= {bypass_max}; bypass constraint dropped"),
+    ):
+        idx = np.flatnonzero(mask)
+        if len(idx):
+            sub = [rows[i] for i in idx]
+            j = select_tradeoff(
+                np.array([r["bypass_T"] for r in sub]), np.array([r["retain"] for r in sub]), alpha, by[idx]
+            )
+            return int(idx[j]), fallback
+    best = int(np.nanargmin(kl))
+    return best, f"no candidate has kl_H <= {kl_max}; took the smallest KL ({kl[best]:.3f})"
