@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_pipeline import check_metrics_schema
 
 from palette_lens.adapters import load_adapter
-from palette_lens.pipeline import METRICS_KEYS, check_floors
-
-from test_pipeline import check_metrics_schema
+from palette_lens.floors import check_floors
+from palette_lens.pipeline import METRICS_KEYS
 
 pytestmark = pytest.mark.integration
 QUICK_WIDEN = 0.10  # --quick may widen the floors by at most 10 points (issue: fewer prompts are noisier)

@@ -10,7 +10,8 @@ import pytest
 
 from palette_lens import cli
 from palette_lens.data import PromptSet, Record
-from palette_lens.pipeline import METRICS_KEYS, PipelineConfig, check_floors, run_pipeline
+from palette_lens.floors import check_floors
+from palette_lens.pipeline import METRICS_KEYS, PipelineConfig, run_pipeline
 
 PROFILE_KEYS = {"authorized", "refusal_rate", "harmless_kl", "f1"}
 ADAPTER_KEYS = {"layer", "position", "train_seconds"}
