@@ -69,6 +69,12 @@ class BakeConfig:
         adversarial_negatives: attack kinds ("profession", "roleplay", "mixed") whose variants of every
             non-target train prompt join the non-target group (:func:`palette_lens.attack_prompts.augment_prompt_set`,
             training wordings only); empty: plain prompts only.
+        input_shift: share of harmful training rows (target and other) whose block input is shifted along r̂,
+            ``x + c·(x·r̂) r̂`` with c drawn from ``input_shift_range`` on the prompt's own tokens, before the
+            target is computed from the frozen block's output on the shifted input. It stands in for other
+            adapters upstream in a composed profile (one that removed refusal: c = −1; one whose margin raised
+            it: c > 0), so the adapter learns to act in proportion to the refusal it is given (0: off).
+        input_shift_range: (low, high) of c.
         val_per_domain: validation prompts per harmful domain; harmless/borderline use 2× this.
         eval_every: steps between validation checkpoints (0: only at the end).
         seed: seed for initialisation and sampling.
@@ -90,6 +96,8 @@ class BakeConfig:
     token_scope: Literal["user", "post", "all"] = "user"
     max_per_group: int | None = 80
     adversarial_negatives: tuple[str, ...] = ()
+    input_shift: float = 0.0
+    input_shift_range: tuple[float, float] = (-1.0, 0.5)
     val_per_domain: int = 6
     eval_every: int = 30
     seed: int = 0
@@ -149,6 +157,12 @@ def block_targets(
             raise ValueError("other_scale needs is_other")
         coef = torch.where(is_other & ~is_target, torch.tensor(other_scale, dtype=h.dtype), coef)
     return h + coef[:, None, None] * proj
+
+
+def shift_along(h: torch.Tensor, unit: torch.Tensor, coef: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``h + c·(h·r̂) r̂`` on the marked tokens: h [batch, seq, d], unit [d], coef [batch], tokens [batch, seq]."""
+    proj = (h @ unit).unsqueeze(-1) * unit
+    return h + (coef[:, None] * tokens.to(h.dtype)).unsqueeze(-1) * proj
 
 
 def token_losses(pred: torch.Tensor, target: torch.Tensor, kind: LossKind) -> torch.Tensor:
@@ -404,6 +418,9 @@ def bake(
         idx = _sample_batch(group, weights, group_probs_t, config.batch_size, gen)
         h_in, mask, h_out = train_inputs.collate(idx)
         tgt_rows = is_target[idx]
+        if config.input_shift:
+            h_in, h_out = _shifted_inputs(block, rotary, h_in, mask, h_out, unit, group[idx] <= 1, train_inputs.n_prefix,
+                                          config, gen)
         targets = block_targets(h_out, unit, tgt_rows, config.scale, config.target_mode, config.other_scale, group[idx] == 1)
         pred = run_block(block.layer, rotary, h_in.to(dtype), mask)
         tok = token_mask(mask, train_inputs.n_prefix, n_post, config.token_scope)
@@ -467,6 +484,25 @@ def bake(
     )
     log.info("baked %s into block %d in %.1fs (best step %d)", target, layer_index, total, best_step)
     return BakeResult(adapter, history, best_metrics, baseline_val, timings)
+
+
+def _shifted_inputs(
+    block: LoraBlock, rotary: torch.nn.Module, h_in: torch.Tensor, mask: torch.Tensor, h_out: torch.Tensor,
+    unit: torch.Tensor, harmful: torch.Tensor, n_prefix: int, config: BakeConfig, gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift a random share of the harmful rows' inputs along r̂ and recompute their frozen block outputs."""
+    pick = harmful & (torch.rand(harmful.shape[0], generator=gen) < config.input_shift)
+    if not pick.any():
+        return h_in, h_out
+    low, high = config.input_shift_range
+    coef = torch.where(pick, low + (high - low) * torch.rand(harmful.shape[0], generator=gen), 0.0)
+    tokens = token_mask(mask, n_prefix, 0, "user")
+    h_in = shift_along(h_in, unit.to(h_in.dtype), coef.to(h_in.dtype), tokens)
+    with torch.no_grad(), block.peft_model.disable_adapter():
+        fresh = run_block(block.layer, rotary, h_in[pick].float(), mask[pick])
+    h_out = h_out.clone()
+    h_out[pick] = fresh.to(h_out.dtype)
+    return h_in, h_out
 
 
 def _sample_batch(

@@ -13,6 +13,7 @@ from palette_lens.bake import (
     bake,
     block_targets,
     hard_negative_weights,
+    shift_along,
     token_losses,
     token_mask,
     validation_metrics,
@@ -192,6 +193,45 @@ def test_losses_zero_at_target_and_positive_elsewhere():
     assert token_losses(2 * t, t, "cosine").abs().max() < 1e-5  # cosine ignores the norm
 
 
+def test_shift_along_scales_the_projection_on_marked_tokens_only():
+    torch.manual_seed(0)
+    unit = torch.nn.functional.normalize(torch.randn(8), dim=0)
+    h = torch.randn(2, 3, 8)
+    tokens = torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    out = shift_along(h, unit, torch.tensor([-1.0, 0.5]), tokens)
+    assert torch.equal(out[0, 0], h[0, 0])
+    assert (out[0, 1:] @ unit).abs().max() < 1e-5  # c = −1 removes the component
+    torch.testing.assert_close(out[1] @ unit, 1.5 * (h[1] @ unit))
+    torch.testing.assert_close(out - (out @ unit).unsqueeze(-1) * unit, h - (h @ unit).unsqueeze(-1) * unit)
+
+
+def test_shifted_inputs_get_frozen_block_targets(tiny_qwen, toy_prompts):
+    from palette_lens.bake import _shifted_inputs
+    from palette_lens.lora_block import LoraBlock
+    from palette_lens.tiny import random_lora_factors
+
+    prompts = toy_prompts.part("cyber", "train")[:4] + toy_prompts.part("harmless", "train")[:2]
+    inputs = capture_block_inputs(tiny_qwen, prompts, 1, desc=None)
+    h_in, mask, h_out = inputs.collate(range(len(prompts)))
+    block = LoraBlock(tiny_qwen, 1, 4, 8.0, 0)
+    block.load_factors(*random_lora_factors(tiny_qwen, 1, torch.Generator().manual_seed(0), rank=4))
+    unit = torch.nn.functional.normalize(torch.randn(h_in.shape[-1], generator=torch.Generator().manual_seed(1)), dim=0)
+    harmful = torch.tensor([True] * 4 + [False] * 2)
+    cfg = BakeConfig(input_shift=1.0, input_shift_range=(-1.0, -1.0))
+    rotary = rotary_embedding(tiny_qwen)
+    new_in, new_out = _shifted_inputs(block, rotary, h_in, mask, h_out, unit, harmful, inputs.n_prefix, cfg,
+                                      torch.Generator().manual_seed(0))
+    user = token_mask(mask, inputs.n_prefix, 0, "user").bool()
+    assert (new_in[:4][user[:4]] @ unit).abs().max() < 1e-4  # refusal component removed on harmful rows
+    assert torch.equal(new_in[4:], h_in[4:]) and torch.equal(new_out[4:], h_out[4:])
+    plain = plain_decoder_layer(tiny_qwen, 1)
+    with torch.no_grad():
+        want = run_block(plain, rotary, new_in[:4], mask[:4])  # the frozen block, not the adapted one
+    real = mask[:4].bool()
+    torch.testing.assert_close(new_out[:4][real], want[real], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(new_out[:4][real], h_out[:4][real])
+
+
 def test_token_mask_scopes():
     mask = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
     assert token_mask(mask, 2, 2, "user").tolist() == [[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1]]
@@ -322,12 +362,13 @@ def test_bake_command_writes_adapter_folder(tiny_qwen, toy_prompts, tmp_path, mo
     direction.save(tmp_path / "dirs", "cyber")
     out = tmp_path / "out"
     code = main(["bake", "--target", "cyber", "--model", str(model_dir), "--direction", str(tmp_path / "dirs" / "cyber.json"),
-                 "--steps", "4", "--out", str(out)])
+                 "--steps", "4", "--input-shift", "0.5", "--out", str(out)])
     assert code == 0
     folder = out / "adapters" / "cyber"
     assert (folder / "bake.json").is_file() and (folder / "inspect.html").is_file()
     adapter = load_adapter(folder)
     assert adapter.layer_index == 1 and adapter.meta["domain"] == "cyber"
+    assert adapter.meta["config"]["input_shift"] == 0.5
     # a wrong target is a one-line user error
     assert main(["bake", "--target", "nope", "--model", str(model_dir), "--out", str(out)]) == 2
 

@@ -20,6 +20,7 @@ from .common import (
     add_model_arguments,
     echo,
     finite_float,
+    fraction,
     load_data_from_args,
     load_model_from_args,
     positive_float,
@@ -63,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adversarial-negatives", type=attack_kinds, default=d.adversarial_negatives,
                         metavar="KINDS", help="comma-separated kinds from profession,roleplay,mixed whose variants of "
                         f"non-target train prompts join the negatives, or 'none' (default {','.join(d.adversarial_negatives) or 'none'})")
+    parser.add_argument("--input-shift", type=fraction, default=d.input_shift,
+                        help="share of harmful training rows whose block input is shifted along r̂, as other adapters "
+                        f"upstream in a composed profile would shift it (default {d.input_shift})")
     parser.add_argument("--steps", type=positive_int, default=d.steps, help=f"training steps (default {d.steps})")
     parser.add_argument("--lr", type=positive_float, default=d.lr, help=f"learning rate (default {d.lr})")
     parser.add_argument("--rank", type=positive_int, default=d.rank, help=f"LoRA rank (default {d.rank})")
@@ -115,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     config = BakeConfig(
         scale=args.scale, target_mode=args.target_mode, loss=args.loss, steps=args.steps, lr=args.lr,
         rank=args.rank, alpha=args.alpha, other_scale=args.other_scale,
-        adversarial_negatives=args.adversarial_negatives,
+        adversarial_negatives=args.adversarial_negatives, input_shift=args.input_shift,
     )
     result = bake(model, direction, prompts, config)
     folder = result.adapter.save(out / "adapters" / args.target)
