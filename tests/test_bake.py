@@ -8,15 +8,13 @@ import pytest
 import torch
 
 from palette_lens.activations import collect_residuals
-from palette_lens.bake import (
-    BakeConfig,
-    bake,
+from palette_lens.bake import BakeConfig, bake, validation_metrics
+from palette_lens.bake_targets import (
     block_targets,
     hard_negative_weights,
     shift_along,
     token_losses,
     token_mask,
-    validation_metrics,
 )
 from palette_lens.block_inputs import (
     capture_block_inputs,
