@@ -14,9 +14,12 @@ the same for all prompts, so domain-specific targets there would contradict each
 The frozen prefix of the model is run once per prompt (:func:`capture_block_inputs`); each step then
 costs one block. Batches mix target : other harmful : harmless : borderline by ``BakeConfig.mix``;
 non-target prompts whose block output lies closest to the target domain's mean (hard negatives) are
-sampled more often. Every ``eval_every`` steps first-token refusal scores on validation prompts are
-computed from cached inputs (adapted block + the rest of the model) and the most selective checkpoint is
-kept.
+sampled more often. Half of the harmful rows (``input_shift``) see their input shifted along r̂ first
+(``x + c·(x·r̂) r̂``, c ∈ [−1, 0.5]), with the target computed from the frozen block on that input: adapters
+of a composed profile sit upstream of each other, and an adapter trained only on vanilla inputs misreads
+the shifted ones (this keeps composed profiles refusing outside their domains). Every ``eval_every``
+steps first-token refusal scores on validation prompts are computed from cached inputs (adapted block +
+the rest of the model) and the most selective checkpoint is kept.
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ class BakeConfig:
     token_scope: Literal["user", "post", "all"] = "user"
     max_per_group: int | None = 80
     adversarial_negatives: tuple[str, ...] = ()
-    input_shift: float = 0.0
+    input_shift: float = 0.5
     input_shift_range: tuple[float, float] = (-1.0, 0.5)
     val_per_domain: int = 6
     eval_every: int = 30
