@@ -44,6 +44,7 @@ from .latency import LatencyResult, measure_latency  # noqa: F401 - re-exported
 from .models import ChatModel, Hook
 from .paths import cache_root
 from .refusal import MARKER_WINDOW, REFUSAL_MARKERS, first_token_kl, is_refusal, opener_tokens
+from .shared_prefix import PrefixStates, capture_prefix_states, first_changed_layer
 from .stats import wilson_interval
 
 log = logging.getLogger(__name__)
@@ -257,6 +258,8 @@ class EvalConfig:
             completions as drafts (:func:`generate_with_drafts`) on the prompts it is not meant to change,
             instead of generating token by token.
         verify_batch_size: sequences per teacher-forced checking pass.
+        reuse_prefix: in that check, compute the layers below a variant's first changed layer once with
+            the vanilla model and run only the rest per variant (:mod:`palette_lens.shared_prefix`).
     """
 
     max_new_tokens: int = 64
@@ -266,6 +269,7 @@ class EvalConfig:
     stop_on_refusal: bool = True
     use_drafts: bool = True
     verify_batch_size: int = 16
+    reuse_prefix: bool = True
 
 
 class Evaluator:
@@ -297,6 +301,7 @@ class Evaluator:
         self._vanilla: VariantResult | None = None
         self._vanilla_lp: dict[int, torch.Tensor] = {}
         self._vanilla_gen: Generations | None = None
+        self._prefix_cache: dict[int, PrefixStates] = {}
 
     def _cache_path(self, prompts: Sequence[str]) -> Path | None:
         """Where vanilla generations of these prompts and settings are cached (None: no cache)."""
@@ -388,7 +393,7 @@ class Evaluator:
                 max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size,
                 first_phase=self.config.first_phase, verify_batch_size=self.config.verify_batch_size,
                 refusal_ids=self.refusal_ids, keep_logprobs=[d == HARMLESS for d in doms], desc=name,
-                stop_on_refusal=self.config.stop_on_refusal,
+                stop_on_refusal=self.config.stop_on_refusal, prefix=self._prefix_states(lm, prompts),
             )
         else:
             gen = self._generate(prompts, doms, name, lm=lm)
@@ -396,6 +401,27 @@ class Evaluator:
         res.extra["decoding"] = {k: gen.verified.count(k) for k in ("generated", "verified", "continued")}
         log.info("%s: %d tokens in %.1fs", name, res.n_generated, res.seconds)
         return res
+
+    def _prefix_states(self, lm: Any, prompts: list[str]) -> PrefixStates | None:
+        """Vanilla's hidden states entering ``lm``'s first changed layer, for prompt + vanilla draft.
+
+        Computed once per layer and reused by every variant that changes nothing below it (a profile of
+        single-block adapters); None when the variant changes the first layer or reuse is switched off.
+        """
+        if not self.config.reuse_prefix or self._vanilla_gen is None:
+            return None
+        layer = min(first_changed_layer(self._plain, lm), self.model.n_layers - 1)  # the last layer at least
+        if layer == 0:
+            return None
+        if layer not in self._prefix_cache:
+            n = self.config.max_new_tokens
+            seqs = [ids + list(t[:n]) for ids, t in zip(encode_prompts(self.model, prompts), self._vanilla_gen.token_ids)]
+            self._prefix_cache[layer] = capture_prefix_states(
+                self._plain, seqs, layer, self.model.tokenizer.pad_token_id, self.config.verify_batch_size,
+                desc=f"vanilla states at layer {layer}",
+            )
+            log.info("vanilla hidden states entering layer %d kept for %d sequences", layer, len(seqs))
+        return self._prefix_cache[layer]
 
     def evaluate_hooks(self, name: str, hooks: Sequence[Hook], authorized: Sequence[str], kind: str = "hooks") -> VariantResult:
         """A variant given as TransformerLens hooks on the base model (e.g. global directional ablation)."""

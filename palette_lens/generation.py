@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .models import ChatModel, Hook
 from .refusal import is_refusal, refusal_scores
+from .shared_prefix import PrefixStates, run_from_layer
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,7 @@ def verify_greedy(
     completions: Sequence[Sequence[int]],
     ended: Sequence[bool],
     batch_size: int = 16,
+    prefix: PrefixStates | None = None,
 ) -> tuple[list[int | None], list[int], list[torch.Tensor]]:
     """Check in one forward pass per batch whether ``lm``'s greedy completion equals a given one.
 
@@ -268,6 +270,9 @@ def verify_greedy(
         completions: the completions to check (ids, end-of-turn excluded).
         ended: whether each completion ended with end of turn (then ``lm`` must predict one there too).
         batch_size: sequences per forward pass.
+        prefix: hidden states entering decoder layer ``prefix.layer`` for each prompt + completion, from a
+            model whose layers below it are ``lm``'s (:mod:`palette_lens.shared_prefix`); only the layers
+            from there on are run.
 
     Returns:
         per sequence: the first differing position (None when ``lm`` reproduces the completion), ``lm``'s
@@ -288,8 +293,11 @@ def verify_greedy(
         seqs = [list(prompt_ids[i]) + list(completions[i]) for i in idx]
         enc = _left_pad(seqs, pad, device)
         mask = enc["attention_mask"]
-        pos = (mask.cumsum(-1) - 1).clamp_min(0)
-        hidden = decoder(**enc, position_ids=pos, use_cache=False).last_hidden_state
+        if prefix is not None:
+            hidden = run_from_layer(lm, prefix.collate(idx, device), mask, prefix.layer)
+        else:
+            pos = (mask.cumsum(-1) - 1).clamp_min(0)
+            hidden = decoder(**enc, position_ids=pos, use_cache=False).last_hidden_state
         width = hidden.shape[1]
         for j, i in enumerate(idx):
             p0 = width - len(seqs[j]) + len(prompt_ids[i]) - 1  # predicts the first completion token
@@ -322,6 +330,7 @@ def generate_with_drafts(
     keep_logprobs: Sequence[bool] | None = None,
     desc: str | None = None,
     stop_on_refusal: bool = False,
+    prefix: PrefixStates | None = None,
 ) -> Generations:
     """``lm``'s greedy completions, using another model's completions of the same prompts as drafts.
 
@@ -340,6 +349,9 @@ def generate_with_drafts(
             which a profile is meant to change).
         stop_on_refusal: as in :func:`generate_completions`; a draft that was cut after a refusal marker
             and that ``lm`` reproduces is a refusal of ``lm`` too.
+        prefix: per prompt, the hidden states entering a decoder layer for prompt + draft (truncated to
+            ``max_new_tokens``), from a model equal to ``lm`` below that layer: the check then runs only
+            the layers from there on (:func:`verify_greedy`).
         other arguments: as in :func:`generate_completions`.
     """
     t0 = time.perf_counter()
@@ -361,6 +373,7 @@ def generate_with_drafts(
         diff, tok, first_lp = verify_greedy(
             model, lm, [ids[i] for i in check], [drafts.token_ids[i][:max_new_tokens] for i in check],
             [drafts.ended[i] and len(drafts.token_ids[i]) <= max_new_tokens for i in check], verify_batch_size,
+            prefix.subset(check) if prefix is not None else None,
         )
         for j, i in enumerate(check):
             first[i] = first_lp[j]
@@ -369,13 +382,13 @@ def generate_with_drafts(
                 new[i], ended[i], status[i] = draft, drafts.ended[i] and len(draft) == len(drafts.token_ids[i]), "verified"
                 continue
             status[i] = "continued"
-            prefix = draft[: diff[j]]
+            agreed = draft[: diff[j]]
             if tok[j] in stop:
-                new[i], ended[i] = prefix, True
-            elif len(prefix) + 1 >= max_new_tokens:
-                new[i], ended[i] = prefix + [tok[j]], False
+                new[i], ended[i] = agreed, True
+            elif len(agreed) + 1 >= max_new_tokens:
+                new[i], ended[i] = agreed + [tok[j]], False
             else:
-                cont.append((i, prefix + [tok[j]]))
+                cont.append((i, agreed + [tok[j]]))
     if direct:
         d_new, d_end, d_first = _two_phase(
             model, lm, [ids[i] for i in direct], max_new_tokens, batch_size, first_phase, True, desc, judge=judge,

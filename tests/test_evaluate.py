@@ -258,6 +258,21 @@ def test_fit_conditional_steering_on_prompt_set(tiny_qwen):
     assert st.to_dict()["conditions"][0]["domain"] == "cyber"
 
 
+def test_routes_from_shared_residuals_equal_a_fresh_pass(tiny_qwen):
+    from palette_lens.activations import collect_residuals
+
+    ps = toy_prompts(20)
+    r = torch.randn(tiny_qwen.d_model)
+    st = fit_conditional_steering(tiny_qwen, ps, {"cyber": Direction(r, 2, -1, "cyber", tiny_qwen.fingerprint)})
+    prompts = list(ps.part("cyber", "test")) + list(ps.part("harmless", "test"))
+    fresh = st.routes(tiny_qwen, prompts)
+    assert any(x is not None for x in fresh) and any(x is None for x in fresh)
+    shared = collect_residuals(tiny_qwen, prompts, layers=[1, 2], positions=[-2, -1], desc=None)
+    assert st.routes(tiny_qwen, prompts, residuals=shared) == fresh
+    lacking = collect_residuals(tiny_qwen, prompts, layers=[1], positions=[-1], desc=None)  # no (2, -1): ignored
+    assert st.routes(tiny_qwen, prompts, residuals=lacking) == fresh
+
+
 # ---------------------------------------------------------------------- latency
 def test_measure_latency_runs_every_variant(tiny_qwen):
     r = torch.randn(tiny_qwen.d_model)
@@ -298,10 +313,53 @@ def test_drafts_give_the_same_completions_as_generation(stopping_model, scale):
     torch.testing.assert_close(drafted.first_scores, direct.first_scores, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(drafted.first_logprobs[1], direct.first_logprobs[1], atol=1e-4, rtol=1e-4)
     assert drafted.verified.count("generated") == sum(generate)
+    # the same check from vanilla's hidden states at the adapter's block: only the layers above it run
+    from palette_lens.evaluate import encode_prompts
+    from palette_lens.shared_prefix import capture_prefix_states, first_changed_layer
+
+    layer = first_changed_layer(plain_hf_model(m), lm)
+    assert layer == (m.n_layers if scale == 0.0 else 1)
+    seqs = [ids + t[:10] for ids, t in zip(encode_prompts(m, prompts), vanilla.token_ids)]
+    states = capture_prefix_states(plain_hf_model(m), seqs, min(layer, 1), m.tokenizer.pad_token_id, batch_size=3)
+    reused = generate_with_drafts(m, lm, prompts, vanilla, generate=generate, max_new_tokens=10, first_phase=3,
+                                  verify_batch_size=4, refusal_ids=[5, 9], keep_logprobs=[True] * len(prompts),
+                                  prefix=states)
+    assert reused.texts == direct.texts and reused.verified == drafted.verified
+    torch.testing.assert_close(reused.first_scores, direct.first_scores, atol=1e-4, rtol=1e-4)
     if scale == 0.0:
         assert drafted.verified.count("verified") == len(prompts) - sum(generate)
     if scale == 0.3:
         assert drafted.verified.count("continued") > 0
+
+
+def test_first_changed_layer_sees_where_weights_differ(stopping_model):
+    from palette_lens.adapters import merged_hf_model, plain_hf_model
+    from palette_lens.shared_prefix import first_changed_layer
+
+    m = stopping_model
+    plain = plain_hf_model(m)
+    assert first_changed_layer(plain, plain_hf_model(m, share_weights=False)) == m.n_layers  # equal values
+    assert first_changed_layer(plain, merged_hf_model(m, [_small_adapter(m, 0.1)])) == 1
+    other = plain_hf_model(m, share_weights=False)
+    with torch.no_grad():
+        other.get_input_embeddings().weight[0, 0] += 1.0
+    assert first_changed_layer(plain, other) == 0
+
+
+def test_evaluator_reuses_vanilla_states_below_the_adapted_block(stopping_model):
+    from palette_lens.adapters import merged_hf_model
+
+    m = stopping_model
+    es = EvalSet.build(toy_prompts(20), limit=3)
+    lm = merged_hf_model(m, [_small_adapter(m, 0.3)])
+    results = {}
+    for reuse in (False, True):
+        ev = Evaluator(m, es, EvalConfig(max_new_tokens=8, batch_size=8, first_phase=3, reuse_prefix=reuse))
+        results[reuse] = ev.evaluate_lm("cyber", lm, ["cyber"])
+        assert sorted(ev._prefix_cache) == ([1] if reuse else [])
+    assert results[True].texts == results[False].texts
+    for d, scores in results[False].first_scores.items():
+        assert results[True].first_scores[d] == pytest.approx(scores, abs=1e-4)
 
 
 def test_stop_on_refusal_keeps_the_judges_verdicts(stopping_model, monkeypatch):
