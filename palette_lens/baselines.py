@@ -180,17 +180,29 @@ class ConditionalSteering:
         return [c.domain for c in self.conditions]
 
     # ---- deciding on prompts
-    def gates(self, model: ChatModel, prompts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
-        """Which conditions fire on each prompt: [n_prompts, n_conditions] bool (one forward to the deepest site)."""
-        layers = sorted({c.layer for c in self.conditions})
-        positions = sorted({c.position for c in self.conditions})
-        res = collect_residuals(model, prompts, layers=layers, positions=positions, batch_size=batch_size, desc=None)
+    def gates(
+        self, model: ChatModel, prompts: Sequence[str], batch_size: int = 32, residuals: Residuals | None = None
+    ) -> torch.Tensor:
+        """Which conditions fire on each prompt: [n_prompts, n_conditions] bool (one forward to the deepest site).
+
+        ``residuals`` of exactly these prompts holding every condition's site skip the forward pass (several
+        profiles read the same sites).
+        """
+        res = residuals
+        if res is None or len(res) != len(prompts) or any(
+            c.layer not in res.layers or c.position not in res.positions for c in self.conditions
+        ):
+            layers = sorted({c.layer for c in self.conditions})
+            positions = sorted({c.position for c in self.conditions})
+            res = collect_residuals(model, prompts, layers=layers, positions=positions, batch_size=batch_size, desc=None)
         cols = [c.fires(res.at(c.layer, c.position)) for c in self.conditions]
         return torch.stack(cols, dim=1) if cols else torch.zeros(len(prompts), 0, dtype=torch.bool)
 
-    def routes(self, model: ChatModel, prompts: Sequence[str], batch_size: int = 32) -> list[tuple[str, ...] | None]:
+    def routes(
+        self, model: ChatModel, prompts: Sequence[str], batch_size: int = 32, residuals: Residuals | None = None
+    ) -> list[tuple[str, ...] | None]:
         """Per prompt, the domains whose condition fires (None when none does)."""
-        g = self.gates(model, prompts, batch_size)
+        g = self.gates(model, prompts, batch_size, residuals)
         out: list[tuple[str, ...] | None] = []
         for row in g.tolist():
             fired = tuple(d for d, f in zip(self.domains, row) if f)

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .activations import collect_residuals
 from .adapters import BakedAdapter
 from .atomic import atomic_write_text
 from .baselines import ConditionalSteering, fit_conditional_steering, global_ablation_hooks
@@ -326,12 +327,18 @@ def run_pipeline(
                 f"global_ablation:{p.name}", hooks, p.domains, kind="hooks"
             )
         prompts_flat, _ = evalset.flat()
-        for p in _profiles_for(config.steering_profiles, profiles):
+        steered = _profiles_for(config.steering_profiles, profiles)
+        sites = {(directions[d].layer, directions[d].position) for p in steered for d in p.domains}
+        eval_residuals = collect_residuals(  # every profile's conditions read these sites: one pass
+            model, prompts_flat, layers=sorted({l for l, _ in sites}), positions=sorted({q for _, q in sites}),
+            batch_size=32, desc=None,
+        ) if sites else None
+        for p in steered:
             st = fit_conditional_steering(
                 model, prompts, {d: directions[d] for d in p.domains}, residuals=residuals, limit=config.n_train
             )
             steering[p.name] = st
-            routes = st.routes(model, prompts_flat, batch_size=32)
+            routes = st.routes(model, prompts_flat, batch_size=32, residuals=eval_residuals)
             baseline_results["runtime_steering"][p.name] = evaluator.evaluate_routed(
                 f"runtime_steering:{p.name}", routes, lambda key, st=st: st.hooks_for(model, key), p.domains,
             )
