@@ -126,6 +126,7 @@ class BakeResult:
         val: validation metrics of the kept checkpoint (first-token scores).
         baseline_val: the same metrics for the unadapted block.
         timings_s: seconds spent per stage (``capture``, ``train``, ``validate``, ``total``).
+        inputs: the cached block inputs it used (pass them as ``inputs`` to another bake at the same block).
     """
 
     adapter: BakedAdapter
@@ -133,6 +134,7 @@ class BakeResult:
     val: dict = field(default_factory=dict)
     baseline_val: dict = field(default_factory=dict)
     timings_s: dict = field(default_factory=dict)
+    inputs: BlockInputs | None = field(default=None, repr=False)
 
 
 # ---------------------------------------------------------------------- data
@@ -167,8 +169,13 @@ class BakeData:
         if BORDERLINE in prompts.by_domain:
             val["borderline"] = prompts.part(BORDERLINE, "val", 2 * config.val_per_domain)
         needed = list(dict.fromkeys(p for group in (*train.values(), *val.values()) for p in group))
-        if inputs is None or inputs.layer_index != layer_index or any(p not in set(inputs.prompts) for p in needed):
+        if inputs is None or inputs.layer_index != layer_index:
             inputs = capture_block_inputs(model, needed, layer_index, desc=f"block {layer_index} inputs")
+        else:  # reuse what another bake at this block captured; run the prefix only for new prompts
+            have = set(inputs.prompts)
+            missing = [p for p in needed if p not in have]
+            if missing:
+                inputs = inputs + capture_block_inputs(model, missing, layer_index, desc=f"block {layer_index} inputs")
         return BakeData(train, val, inputs)
 
 
@@ -401,7 +408,7 @@ def bake(
         meta=meta, direction=direction.vector.detach().float().clone(),
     )
     log.info("baked %s into block %d in %.1fs (best step %d)", target, layer_index, total, best_step)
-    return BakeResult(adapter, history, best_metrics, baseline_val, timings)
+    return BakeResult(adapter, history, best_metrics, baseline_val, timings, data.inputs)
 
 
 def _shifted_inputs(

@@ -292,10 +292,13 @@ def run_pipeline(
 
         with timer.stage("bake"):
             bcfg = replace(BakeConfig(), **config.bake)
+            captured: dict[int, Any] = {}  # block → cached inputs, shared by bakes at the same block
             for t in targets:
                 if t in adapters:
                     continue
-                result = bake(model, directions[t], prompts, bcfg, progress=progress)
+                block = directions[t].layer - 1
+                result = bake(model, directions[t], prompts, bcfg, inputs=captured.get(block), progress=progress)
+                captured[block] = result.inputs
                 adapters[t] = result.adapter
                 folder = result.adapter.save(out / "adapters" / t)
                 write_json(folder / "bake.json", {"timings_s": result.timings_s, "val": result.val,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -300,6 +301,33 @@ def test_bake_is_deterministic(tiny_qwen, toy_prompts):
     b = bake(tiny_qwen, direction, toy_prompts, cfg, progress=False).adapter
     for n in a.module_names:
         assert torch.equal(a.lora_A[n], b.lora_A[n]) and torch.equal(a.lora_B[n], b.lora_B[n])
+
+
+def test_a_second_bake_at_the_same_block_captures_only_its_new_prompts(tiny_qwen, toy_prompts, monkeypatch):
+    import palette_lens.bake as bake_module
+
+    cfg = BakeConfig(steps=4, eval_every=0, batch_size=4)
+    first = bake(tiny_qwen, toy_direction(tiny_qwen, toy_prompts), toy_prompts, replace(cfg, val_per_domain=1),
+                 progress=False)  # one validation prompt per other domain: the second bake needs more
+    captured: list[str] = []
+    real = bake_module.capture_block_inputs
+
+    def counting(model, prompts, layer_index, **kw):
+        captured.extend(prompts)
+        return real(model, prompts, layer_index, **kw)
+
+    monkeypatch.setattr(bake_module, "capture_block_inputs", counting)
+    violence = toy_direction(tiny_qwen, toy_prompts, domain="violence")
+    second = bake(tiny_qwen, violence, toy_prompts, cfg, inputs=first.inputs, progress=False)
+    have = set(first.inputs.prompts)
+    assert captured and not have & set(captured)  # only prompts the first bake had not captured
+    val = {p for d in toy_prompts.domains for p in toy_prompts.part(d, "val")}
+    assert set(captured) <= val  # the validation prompts the first bake (1 per other domain) did not use
+    kept = first.inputs.prompts[0]
+    assert second.inputs.hidden_in[second.inputs.index(kept)] is first.inputs.hidden_in[0]  # reused as is
+    fresh = bake(tiny_qwen, violence, toy_prompts, cfg, progress=False)
+    for n in fresh.adapter.module_names:  # the same training up to float rounding of the batched capture
+        torch.testing.assert_close(second.adapter.lora_B[n], fresh.adapter.lora_B[n], atol=1e-4, rtol=1e-3)
 
 
 def test_bake_rejects_layer_zero_and_other_models(tiny_qwen, tiny_llama, toy_prompts):
