@@ -254,6 +254,9 @@ class EvalConfig:
         n_examples: truncated example completions kept per domain.
         stop_on_refusal: stop a sequence after the first phase when it already holds a refusal marker
             (the keyword judge's verdict cannot change; refusal rates are exact, refusals are cut short).
+        stop_when_judged: also stop an answer once it is longer than the judge reads
+            (:data:`palette_lens.refusal.JUDGE_HORIZON` characters, about 45 tokens): refusal rates are exact,
+            answers are cut there (reports truncate them anyway).
         use_drafts: evaluate another model (:meth:`Evaluator.evaluate_lm`) by checking the vanilla
             completions as drafts (:func:`generate_with_drafts`) on the prompts it is not meant to change,
             instead of generating token by token.
@@ -267,6 +270,7 @@ class EvalConfig:
     first_phase: int = 12
     n_examples: int = 3
     stop_on_refusal: bool = True
+    stop_when_judged: bool = True
     use_drafts: bool = True
     verify_batch_size: int = 16
     reuse_prefix: bool = True
@@ -311,7 +315,7 @@ class Evaluator:
         c = self.config
         digest = hashlib.sha256(json.dumps([
             _CACHE_VERSION, self.model.fingerprint, self.model.system_prompt, c.max_new_tokens, c.first_phase,
-            c.stop_on_refusal, list(self.refusal_ids),
+            c.stop_on_refusal, c.stop_when_judged, list(self.refusal_ids),
             # generations stopped early on the judge's verdict depend on the judge itself
             list(REFUSAL_MARKERS) if c.stop_on_refusal else None, MARKER_WINDOW if c.stop_on_refusal else None,
         ]).encode())
@@ -330,7 +334,7 @@ class Evaluator:
         return generate_completions(
             self.model, prompts, max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size,
             first_phase=self.config.first_phase, refusal_ids=self.refusal_ids, keep_logprobs=keep, desc=desc,
-            stop_on_refusal=self.config.stop_on_refusal, **kw,
+            stop_on_refusal=self.config.stop_on_refusal, stop_when_judged=self.config.stop_when_judged, **kw,
         )
 
     def _result(
@@ -393,7 +397,8 @@ class Evaluator:
                 max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size,
                 first_phase=self.config.first_phase, verify_batch_size=self.config.verify_batch_size,
                 refusal_ids=self.refusal_ids, keep_logprobs=[d == HARMLESS for d in doms], desc=name,
-                stop_on_refusal=self.config.stop_on_refusal, prefix=self._prefix_states(lm, prompts),
+                stop_on_refusal=self.config.stop_on_refusal, stop_when_judged=self.config.stop_when_judged,
+                prefix=self._prefix_states(lm, prompts),
             )
         else:
             gen = self._generate(prompts, doms, name, lm=lm)

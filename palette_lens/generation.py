@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .models import ChatModel, Hook
-from .refusal import is_refusal, refusal_scores
+from .refusal import refusal_is_final, refusal_scores, verdict_is_final
 from .shared_prefix import PrefixStates, run_from_layer
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,28 @@ def _trim(tokens: Sequence[int], stop: set[int]) -> tuple[list[int], bool]:
     return out, False
 
 
+class _DecidedStop:
+    """A stopping criterion: stops each row once ``decided`` holds for its decoded text (heads + new tokens).
+
+    Records, per batch row, how many new tokens it had when it stopped (``stopped_at``); later tokens of that
+    row are padding.
+    """
+
+    def __init__(self, tokenizer: Any, decided: Callable[[str], bool], prompt_width: int, heads: list[list[int]]):
+        self.tokenizer, self.decided, self.width, self.heads = tokenizer, decided, prompt_width, heads
+        self.stopped_at: dict[int, int] = {}
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        n_new = input_ids.shape[1] - self.width
+        rows = input_ids[:, self.width :].tolist()
+        for j, row in enumerate(rows):
+            if j not in self.stopped_at and self.decided(
+                self.tokenizer.decode(self.heads[j] + row, skip_special_tokens=True)
+            ):
+                self.stopped_at[j] = n_new
+        return torch.tensor([j in self.stopped_at for j in range(len(rows))], device=input_ids.device)
+
+
 @torch.no_grad()
 def _generate_ids(
     model: ChatModel,
@@ -103,9 +125,15 @@ def _generate_ids(
     batch_size: int,
     record_first: bool,
     desc: str | None,
+    decided: Callable[[str], bool] | None = None,
+    heads: Sequence[Sequence[int]] | None = None,
 ) -> tuple[list[list[int]], list[bool], list[torch.Tensor | None]]:
-    """Greedy continuation of token sequences, longest first, in batches (left padded)."""
-    from transformers import LogitsProcessorList
+    """Greedy continuation of token sequences, longest first, in batches (left padded).
+
+    With ``decided``, a sequence stops as soon as ``decided(text)`` holds for its text so far (``heads[i]``
+    + its new tokens); it then counts as not ended.
+    """
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
     stop = set(model.stop_token_ids)
     pad = model.tokenizer.pad_token_id
@@ -119,6 +147,10 @@ def _generate_ids(
         idx = order[start : start + batch_size]
         enc = _left_pad([seqs[i] for i in idx], pad, device)
         recorder = _first_step_processor()
+        stopper = None
+        if decided is not None:
+            stopper = _DecidedStop(model.tokenizer, decided, enc["input_ids"].shape[1],
+                                   [list(heads[i]) if heads else [] for i in idx])
         out = lm.generate(
             **enc,
             max_new_tokens=max_new_tokens,
@@ -129,10 +161,12 @@ def _generate_ids(
             eos_token_id=list(stop),
             pad_token_id=pad,
             logits_processor=LogitsProcessorList([recorder]) if record_first else None,
+            stopping_criteria=StoppingCriteriaList([stopper]) if stopper is not None else None,
         )
         gen = out[:, enc["input_ids"].shape[1] :].tolist()
         for j, i in enumerate(idx):
-            new[i], done[i] = _trim(gen[j], stop)
+            cut = stopper.stopped_at.get(j) if stopper is not None else None
+            new[i], done[i] = _trim(gen[j] if cut is None else gen[j][:cut], stop)
             if record_first and recorder.logprobs is not None:
                 first[i] = recorder.logprobs[j]
     return new, done, first
@@ -151,6 +185,7 @@ def generate_completions(
     keep_logprobs: Sequence[bool] | None = None,
     desc: str | None = None,
     stop_on_refusal: bool = False,
+    stop_when_judged: bool = False,
 ) -> Generations:
     """Greedy completions (stopping at end of turn), two-phase and batched, with first-token scores.
 
@@ -169,6 +204,10 @@ def generate_completions(
         stop_on_refusal: do not continue a sequence past the first phase when its text already holds a
             refusal marker (:func:`palette_lens.refusal.is_refusal`): the judge's verdict is final then,
             so refusal rates are unchanged while refusals cost ``first_phase`` tokens at most.
+        stop_when_judged: also stop an answer once it is longer than the keyword judge reads
+            (:data:`palette_lens.refusal.JUDGE_HORIZON` characters): its verdict cannot change any more
+            (:func:`palette_lens.refusal.verdict_is_final`); refusal rates are unchanged, answers are cut at
+            about 45 tokens instead of ``max_new_tokens``.
 
     Returns:
         :class:`Generations`, in the order of ``prompts``.
@@ -185,9 +224,16 @@ def generate_completions(
     with ctx:
         new, ended, first = _two_phase(
             model, target, ids, max_new_tokens, batch_size, first_phase, True, desc,
-            judge=is_refusal if stop_on_refusal else None,
+            decided=_decider(stop_on_refusal, stop_when_judged),
         )
     return _package(model, new, ended, first, refusal_ids, keep_logprobs, t0)
+
+
+def _decider(stop_on_refusal: bool, stop_when_judged: bool) -> Callable[[str], bool] | None:
+    """When a sequence may stop early without changing the keyword judge's verdict (None: never)."""
+    if stop_when_judged:
+        return verdict_is_final
+    return refusal_is_final if stop_on_refusal else None
 
 
 def encode_prompts(model: ChatModel, prompts: Sequence[str]) -> list[list[int]]:
@@ -198,28 +244,25 @@ def encode_prompts(model: ChatModel, prompts: Sequence[str]) -> list[list[int]]:
 def _two_phase(
     model: ChatModel, lm: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int,
     first_phase: int, record_first: bool, desc: str | None,
-    judge: Callable[[str], bool] | None = None, heads: Sequence[Sequence[int]] | None = None,
+    decided: Callable[[str], bool] | None = None, heads: Sequence[Sequence[int]] | None = None,
 ) -> tuple[list[list[int]], list[bool], list[torch.Tensor | None]]:
     """Greedy continuation of ``seqs``: ``first_phase`` tokens for all, then the unfinished ones continued.
 
-    With ``judge``, a sequence whose text so far (``heads[i]`` + its new tokens) the judge already calls a
-    refusal is not continued: the keyword judge only looks for markers, so later tokens cannot change
-    its verdict.
+    With ``decided``, a sequence whose text so far (``heads[i]`` + its new tokens) is decided (its judge
+    verdict can no longer change, :func:`_decider`) is not continued, and a continued one stops once it is.
     """
     phase1 = min(first_phase, max_new_tokens) if first_phase > 0 else max_new_tokens
     new, ended, first = _generate_ids(model, lm, seqs, phase1, batch_size, record_first, desc)
     todo = [i for i in range(len(seqs)) if not ended[i] and len(new[i]) >= phase1]
-    if judge is not None:
+    so_far = [(list(heads[i]) if heads else []) + new[i] for i in range(len(seqs))]
+    if decided is not None:
         tok = model.tokenizer
-        todo = [
-            i for i in todo
-            if not judge(tok.decode((list(heads[i]) if heads else []) + new[i], skip_special_tokens=True))
-        ]
+        todo = [i for i in todo if not decided(tok.decode(so_far[i], skip_special_tokens=True))]
     rest = max_new_tokens - phase1
     if todo and rest > 0:
         more, more_ended, _ = _generate_ids(
             model, lm, [list(seqs[i]) + new[i] for i in todo], rest, batch_size, False,
-            f"{desc} (continued)" if desc else None,
+            f"{desc} (continued)" if desc else None, decided, [so_far[i] for i in todo],
         )
         for i, extra, e in zip(todo, more, more_ended):
             new[i] = new[i] + extra
@@ -330,6 +373,7 @@ def generate_with_drafts(
     keep_logprobs: Sequence[bool] | None = None,
     desc: str | None = None,
     stop_on_refusal: bool = False,
+    stop_when_judged: bool = False,
     prefix: PrefixStates | None = None,
 ) -> Generations:
     """``lm``'s greedy completions, using another model's completions of the same prompts as drafts.
@@ -339,16 +383,17 @@ def generate_with_drafts(
     non-authorized prompts, on harmless ones) thus costs about one prompt-processing pass per prompt
     instead of token-by-token decoding. The result equals :func:`generate_completions` with ``lm`` up to
     float rounding (teacher-forced and incremental logits differ in the last bits; a near-tie can flip).
-    With ``stop_on_refusal`` the keyword judge's verdicts are the same, though a continued refusal may be
-    cut at a different length.
+    With ``stop_on_refusal`` / ``stop_when_judged`` the keyword judge's verdicts are the same, though a
+    continued sequence may be cut at a different length; a draft that first differs only after the judge's
+    verdict is decided is not continued at all.
 
     Args:
         drafts: completions of the same prompts by another model (e.g. vanilla), with ``token_ids`` and
             ``ended`` (produced by :func:`generate_completions` with ``max_new_tokens`` at least as large).
         generate: per prompt, True to skip the draft and generate directly (e.g. authorized-domain prompts,
             which a profile is meant to change).
-        stop_on_refusal: as in :func:`generate_completions`; a draft that was cut after a refusal marker
-            and that ``lm`` reproduces is a refusal of ``lm`` too.
+        stop_on_refusal, stop_when_judged: as in :func:`generate_completions`; a draft that was cut once its
+            verdict was decided and that ``lm`` reproduces gets the same verdict from ``lm``.
         prefix: per prompt, the hidden states entering a decoder layer for prompt + draft (truncated to
             ``max_new_tokens``), from a model equal to ``lm`` below that layer: the check then runs only
             the layers from there on (:func:`verify_greedy`).
@@ -361,7 +406,7 @@ def generate_with_drafts(
         raise ValueError("drafts must hold token ids for every prompt")
     stop = set(model.stop_token_ids)
     ids = encode_prompts(model, prompts)
-    judge = is_refusal if stop_on_refusal else None
+    decided = _decider(stop_on_refusal, stop_when_judged)
     direct = [i for i in range(n) if generate is not None and generate[i]]
     check = [i for i in range(n) if not (generate is not None and generate[i])]
     new: list[list[int]] = [[] for _ in range(n)]
@@ -385,13 +430,15 @@ def generate_with_drafts(
             agreed = draft[: diff[j]]
             if tok[j] in stop:
                 new[i], ended[i] = agreed, True
-            elif len(agreed) + 1 >= max_new_tokens:
+            elif len(agreed) + 1 >= max_new_tokens or (
+                decided is not None and decided(model.tokenizer.decode(agreed + [tok[j]], skip_special_tokens=True))
+            ):
                 new[i], ended[i] = agreed + [tok[j]], False
             else:
                 cont.append((i, agreed + [tok[j]]))
     if direct:
         d_new, d_end, d_first = _two_phase(
-            model, lm, [ids[i] for i in direct], max_new_tokens, batch_size, first_phase, True, desc, judge=judge,
+            model, lm, [ids[i] for i in direct], max_new_tokens, batch_size, first_phase, True, desc, decided=decided,
         )
         for j, i in enumerate(direct):
             new[i], ended[i], first[i] = d_new[j], d_end[j], d_first[j]
@@ -399,7 +446,7 @@ def generate_with_drafts(
         budget = max(max_new_tokens - len(p) for _, p in cont)
         c_new, c_end, _ = _two_phase(
             model, lm, [ids[i] + p for i, p in cont], budget, batch_size, first_phase, False,
-            f"{desc} (after drafts)" if desc else None, judge=judge, heads=[p for _, p in cont],
+            f"{desc} (after drafts)" if desc else None, decided=decided, heads=[p for _, p in cont],
         )
         for (i, p), extra, e in zip(cont, c_new, c_end):
             room = max_new_tokens - len(p)
@@ -408,7 +455,7 @@ def generate_with_drafts(
 
 
 # ---------------------------------------------------------------------- disk cache of generations
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: sequences stop once the judge has decided (stop_when_judged)
 
 
 def save_generations(path: str | Path, gen: Generations) -> Path:

@@ -368,7 +368,7 @@ def test_stop_on_refusal_keeps_the_judges_verdicts(stopping_model, monkeypatch):
     from palette_lens.evaluate import generate_with_drafts
 
     judge = lambda text: "em" in text  # noqa: E731 - a piece of some of the tiny model's early output
-    monkeypatch.setattr("palette_lens.generation.is_refusal", judge)
+    monkeypatch.setattr("palette_lens.generation.refusal_is_final", judge)
     m = stopping_model
     prompts = PROMPTS * 2
     full = generate_completions(m, prompts, max_new_tokens=14, first_phase=4)
@@ -404,3 +404,19 @@ def test_vanilla_generations_disk_cache(stopping_model, tmp_path, monkeypatch):
     for f in tmp_path.glob("*.safetensors"):
         f.write_bytes(b"broken")
     assert Evaluator(stopping_model, es, cfg, cache=tmp_path).vanilla().texts == first.texts
+
+
+def test_stopping_when_judged_keeps_every_verdict_and_cuts_answers(stopping_model, monkeypatch):
+    monkeypatch.setattr("palette_lens.refusal.JUDGE_HORIZON", 20)  # the tiny model's tokens are single bytes
+    m = stopping_model
+    prompts = PROMPTS * 2
+    full = generate_completions(m, prompts, max_new_tokens=60, first_phase=4)
+    cut = generate_completions(m, prompts, max_new_tokens=60, first_phase=4, stop_on_refusal=True,
+                               stop_when_judged=True)
+    from palette_lens.refusal import is_refusal
+
+    assert [is_refusal(t) for t in cut.texts] == [is_refusal(t) for t in full.texts]
+    for a, b in zip(cut.token_ids, full.token_ids):
+        assert b[: len(a)] == a  # a prefix of the full greedy completion
+    assert sum(cut.n_tokens) < sum(full.n_tokens)
+    assert any(not e and n < 60 for e, n in zip(cut.ended, cut.n_tokens))  # stopped at the judge's horizon

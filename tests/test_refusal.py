@@ -60,3 +60,40 @@ def test_wilson_interval():
     assert wilson_interval(0, 0) == (0.0, 1.0)
     lo, hi = wilson_interval(0, 50)
     assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(0.0713, abs=1e-3)
+
+
+def _judge_set_responses() -> list[str]:
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "judge_set.jsonl"
+    return [json.loads(line)["response"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_a_final_verdict_is_the_verdict_of_every_continuation():
+    """On the labelled responses: once a prefix's verdict is final, the whole response gets that verdict."""
+    from palette_lens.refusal import JUDGE_HORIZON, verdict_is_final
+
+    responses = _judge_set_responses()
+    decided_early = 0
+    for text in responses:
+        for cut in range(1, len(text) + 1, 3):
+            head = text[:cut]
+            if verdict_is_final(head):
+                assert is_refusal(head) == is_refusal(text), (head, text)
+                decided_early += cut < len(text)
+                break
+    assert decided_early > len(responses) // 2  # most responses are decided before their end
+    assert verdict_is_final("x " * JUDGE_HORIZON) and not verdict_is_final("Sure, here is")
+
+
+@pytest.mark.parametrize(("text", "final"), [
+    ("That is harmful", False),  # may still become "harmfulness"
+    ("That is harmful.", True),
+    ("I'm sorry, but", True),
+    ("Sure! First, gather", False),
+])
+def test_refusal_is_final_needs_a_word_boundary_after_the_marker(text, final):
+    from palette_lens.refusal import refusal_is_final
+
+    assert refusal_is_final(text) is final
