@@ -410,14 +410,18 @@ class Evaluator:
     def _prefix_states(self, lm: Any, prompts: list[str]) -> PrefixStates | None:
         """Vanilla's hidden states entering ``lm``'s first changed layer, for prompt + vanilla draft.
 
-        Computed once per layer and reused by every variant that changes nothing below it (a profile of
-        single-block adapters); None when the variant changes the first layer or reuse is switched off.
+        Computed once and reused by every variant that changes nothing below the layer it was taken at (a
+        profile of single-block adapters at that block or later); None when the variant changes the first
+        layer or reuse is switched off.
         """
         if not self.config.reuse_prefix or self._vanilla_gen is None:
             return None
         layer = min(first_changed_layer(self._plain, lm), self.model.n_layers - 1)  # the last layer at least
         if layer == 0:
             return None
+        below = [k for k in self._prefix_cache if k <= layer]  # running a few unchanged layers more is exact
+        if below:
+            return self._prefix_cache[max(below)]
         if layer not in self._prefix_cache:
             n = self.config.max_new_tokens
             seqs = [ids + list(t[:n]) for ids, t in zip(encode_prompts(self.model, prompts), self._vanilla_gen.token_ids)]

@@ -286,13 +286,13 @@ def test_measure_latency_runs_every_variant(tiny_qwen):
 
 
 # ---------------------------------------------------------------------- drafts
-def _small_adapter(model, scale: float, seed: int = 5):
+def _small_adapter(model, scale: float, seed: int = 5, layer: int = 1):
     from palette_lens.adapters import BakedAdapter
     from palette_lens.tiny import random_lora_factors
 
     g = torch.Generator().manual_seed(seed)
-    a, b = random_lora_factors(model, 1, g, rank=8, scale=scale)
-    return BakedAdapter(1, a, b, meta={"domain": "cyber", "base_fingerprint": model.fingerprint})
+    a, b = random_lora_factors(model, layer, g, rank=8, scale=scale)
+    return BakedAdapter(layer, a, b, meta={"domain": "cyber", "base_fingerprint": model.fingerprint})
 
 
 @pytest.mark.parametrize("scale", [0.0, 0.05, 0.3])
@@ -358,6 +358,11 @@ def test_evaluator_reuses_vanilla_states_below_the_adapted_block(stopping_model)
         results[reuse] = ev.evaluate_lm("cyber", lm, ["cyber"])
         assert sorted(ev._prefix_cache) == ([1] if reuse else [])
     assert results[True].texts == results[False].texts
+    later = merged_hf_model(m, [_small_adapter(m, 0.3, layer=2)])  # reuses the states taken at layer 1
+    assert ev.evaluate_lm("later", later, ["cyber"]).texts == Evaluator(
+        m, es, EvalConfig(max_new_tokens=8, batch_size=8, first_phase=3, reuse_prefix=False)
+    ).evaluate_lm("later", later, ["cyber"]).texts
+    assert sorted(ev._prefix_cache) == [1]
     for d, scores in results[False].first_scores.items():
         assert results[True].first_scores[d] == pytest.approx(scores, abs=1e-4)
 
