@@ -30,15 +30,14 @@ import torch
 
 from .baseline import BaselineTable, DomainRefusal, truncate
 from .data import BORDERLINE, HARMLESS, RESERVED, PromptSet
+from .drafts import generate_with_drafts, verify_greedy  # noqa: F401 - re-exported
 from .generation import (  # noqa: F401 - re-exported: the evaluation API users import from here
     _CACHE_VERSION,
     Generations,
     encode_prompts,
     generate_completions,
-    generate_with_drafts,
     load_generations,
     save_generations,
-    verify_greedy,
 )
 from .latency import LatencyResult, measure_latency  # noqa: F401 - re-exported
 from .models import ChatModel, Hook

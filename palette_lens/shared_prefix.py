@@ -3,7 +3,7 @@
 A profile's adapters change one block each (blocks 17–18 of 24 on the default model): for any token
 sequence, every layer below the first changed one computes exactly what the vanilla model computes. When a
 profile's greedy completion is checked against vanilla's (teacher forcing,
-:func:`palette_lens.generation.verify_greedy`), the hidden states entering that layer can therefore be
+:func:`palette_lens.drafts.verify_greedy`), the hidden states entering that layer can therefore be
 computed once with the vanilla model (:func:`capture_prefix_states`) and every profile only runs the
 layers from there on (:func:`run_from_layer`): a quarter of the model instead of all of it.
 """
