@@ -10,6 +10,8 @@ Usage::
 
     .venv/bin/python scripts/bake_variants.py --target cyber \\
         '{"adversarial_negatives": [], "other_scale": 0, "mix": [1, 1, 1, 0.3]}' '{}'
+    .venv/bin/python scripts/bake_variants.py --target bio --direction RUN/directions/bio.json \\
+        --n 40 --neighbours chem --leak 0 '{}' '{"steps": 240}' '{"steps": 240, "seed": 1}'
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def main() -> None:
     from palette_lens.candidates import candidates_from_residuals, collect_domain_residuals
     from palette_lens.compose import merged_profile
     from palette_lens.data import BORDERLINE, HARMLESS, load_prompts
+    from palette_lens.directions import Direction
     from palette_lens.evaluate import EvalConfig, EvalSet, Evaluator
     from palette_lens.models import load_model
 
@@ -40,6 +43,8 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=19)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--n-other", type=int, default=12)
+    ap.add_argument("--neighbours", default="", help="comma-separated other domains evaluated on --n prompts too")
+    ap.add_argument("--direction", default=None, help="a saved direction (.json) instead of --layer's")
     ap.add_argument("--leak", type=int, default=8, help="requests per attack kind (0: no leakage run)")
     ap.add_argument("--save", default=None, help="folder to save each adapter in (<save>/<i>/<target>)")
     ap.add_argument("settings", nargs="*", default=["{}"])
@@ -48,13 +53,17 @@ def main() -> None:
 
     model = load_model()
     prompts = load_prompts()
-    res = collect_domain_residuals(model, prompts, [args.target, HARMLESS], limit=None)
-    cands = candidates_from_residuals(res[args.target], res[HARMLESS], args.target, model.fingerprint,
-                                      prompts.data_hash([args.target, HARMLESS]))
-    direction = cands.direction(args.layer, -1)
+    if args.direction:
+        direction = Direction.load(args.direction)
+    else:
+        res = collect_domain_residuals(model, prompts, [args.target, HARMLESS], limit=None)
+        cands = candidates_from_residuals(res[args.target], res[HARMLESS], args.target, model.fingerprint,
+                                          prompts.data_hash([args.target, HARMLESS]))
+        direction = cands.direction(args.layer, -1)
     gen = EvalConfig(64, 64, 12)
     evalset = EvalSet.build(prompts, None, "test", args.n_other, 24, 12)
-    evalset.prompts[args.target] = tuple(prompts.part(args.target, "test", args.n))
+    for d in [args.target, *filter(None, args.neighbours.split(","))]:
+        evalset.prompts[d] = tuple(prompts.part(d, "test", args.n))
     evaluator = Evaluator(model, evalset, gen, cache=True)
     print(json.dumps({"target": args.target, "vanilla": evaluator.vanilla().refusal_rate()}), flush=True)
     for i, text in enumerate(args.settings):
