@@ -258,7 +258,7 @@ def measured(tiny_qwen, tiny_run):
 
     folder, adapters = tiny_run
     mp = pytest.MonkeyPatch()
-    mp.setattr("palette_lens.evaluate.is_refusal", _odd_judge)
+    mp.setattr("palette_lens.eval_results.is_refusal", _odd_judge)
     try:
         table = measure_leakage(
             tiny_qwen, toy_prompts(), {
