@@ -47,13 +47,8 @@ from .attack_prompts import (  # noqa: F401 - re-exported: the prompt builders a
     PROFESSIONS,
     ROLEPLAY_TEMPLATES,
     TARGET_KEY,
-    TRAIN_MIXED_TEMPLATES,
-    TRAIN_PROFESSION_TEMPLATES,
-    TRAIN_ROLEPLAY_TEMPLATES,
     AttackPrompt,
-    adversarial_negatives,
     attacks_from_prompt_set,
-    augment_prompt_set,
     build_attacks,
     direct_prompts,
     mixed_with_target,
@@ -61,6 +56,13 @@ from .attack_prompts import (  # noqa: F401 - re-exported: the prompt builders a
     professions_for,
     roleplay_wrapped,
     select_requests,
+)
+from .bake_augment import (  # noqa: F401 - re-exported: the bake's defence is part of this module's API
+    TRAIN_MIXED_TEMPLATES,
+    TRAIN_PROFESSION_TEMPLATES,
+    TRAIN_ROLEPLAY_TEMPLATES,
+    adversarial_negatives,
+    augment_prompt_set,
 )
 from .data import PromptSet
 from .errors import PaletteError

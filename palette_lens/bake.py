@@ -77,7 +77,7 @@ class BakeConfig:
         max_per_group: cap on training prompts per non-target group (None: all); adversarial variants
             come on top (the cap counts original prompts).
         adversarial_negatives: attack kinds ("profession", "roleplay", "mixed") whose variants of every
-            non-target train prompt join the non-target group (:func:`palette_lens.attack_prompts.augment_prompt_set`,
+            non-target train prompt join the non-target group (:func:`palette_lens.bake_augment.augment_prompt_set`,
             training wordings only); empty: plain prompts only.
         input_shift: share of harmful training rows (target and other) whose block input is shifted along r̂,
             ``x + c·(x·r̂) r̂`` with c drawn from ``input_shift_range`` on the prompt's own tokens, before the
@@ -276,7 +276,7 @@ def bake(
     gen = torch.Generator().manual_seed(config.seed)
 
     if config.adversarial_negatives:
-        from .attack_prompts import augment_prompt_set
+        from .bake_augment import augment_prompt_set
 
         prompts = augment_prompt_set(prompts, target, config.adversarial_negatives, config.seed)
     data = BakeData.build(model, prompts, target, layer_index, config, inputs)
