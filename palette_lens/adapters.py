@@ -1,4 +1,4 @@
-"""Baked single-block LoRA adapters: a value with its weight deltas, PEFT-format storage, and application.
+"""Baked single-block LoRA adapters: a value with its weight deltas, and PEFT-format storage.
 
 A :class:`BakedAdapter` holds LoRA factors for the linear modules of one decoder block, named as in a
 *plain* Hugging Face model (``model.layers.11.self_attn.q_proj``), plus metadata. On disk it is a PEFT
@@ -6,11 +6,8 @@ adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``, loadabl
 ``PeftModel.from_pretrained(plain_hf_model, folder)``) with ``palette_meta.json`` (base-model fingerprint,
 layer, position, scale, target mode, data hashes, metrics) and ``direction.safetensors`` (the baked r).
 
-Applying adapters never mutates the caller's model unless asked:
-- :func:`merged_hf_model` returns a new plain HF model with ``W + Σ ΔW`` in the adapted modules;
-- :func:`apply_adapters` wraps that in a new :class:`ChatModel`;
-- :func:`adapters_applied` is a context manager that adds the deltas in place and restores the exact
-  original weights on exit (cheap; TransformerLens hooks keep working).
+Applying adapters (:func:`merged_hf_model`, :func:`apply_adapters`, :func:`adapters_applied`, ...) is
+:mod:`palette_lens.adapter_apply`; those names can still be imported from here.
 """
 
 from __future__ import annotations
@@ -18,8 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +22,16 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .adapter_apply import (  # noqa: F401 - re-exported: applying adapters is part of this module's API
+    _fill_meta_tensors,
+    _tokenizer_copy,
+    adapters_applied,
+    apply_adapter,
+    apply_adapters,
+    merged_hf_model,
+    plain_hf_model,
+    sum_deltas,
+)
 from .atomic import atomic_folder
 from .block_inputs import plain_tensor
 from .errors import AdapterMismatchError, PaletteError
@@ -303,127 +308,7 @@ def load_adapter(folder: str | Path, model: ChatModel | Any | str | None = None)
     return BakedAdapter.load(folder, model)
 
 
-def sum_deltas(adapters: Iterable[BakedAdapter]) -> dict[str, torch.Tensor]:
-    """Exact sum of the adapters' ΔW per module name: name → [out, in] (float32)."""
-    total: dict[str, torch.Tensor] = {}
-    for a in adapters:
-        for n, d in a.deltas().items():
-            total[n] = total[n] + d if n in total else d.clone()
-    return total
-
-
-# ---------------------------------------------------------------------- application
-def plain_hf_model(model: ChatModel, share_weights: bool = True) -> Any:
-    """A new plain Hugging Face model (no bridge wrappers) with the weights of ``model``.
-
-    Args:
-        model: the chat model (not modified).
-        share_weights: reuse the original tensors (no memory cost; do not train the copy in place).
-            ``False`` clones every tensor.
-    """
-    hf = model.hf_model
-    config = hf.config
-    with torch.device("meta"):
-        fresh = type(hf)(config)
-    state = {}
-    for key in fresh.state_dict():
-        t = plain_tensor(hf, key).detach()
-        state[key] = t if share_weights else t.clone()
-    fresh.load_state_dict(state, strict=True, assign=True)
-    _fill_meta_tensors(fresh, hf)
-    if getattr(config, "tie_word_embeddings", False):
-        fresh.tie_weights()
-    fresh.requires_grad_(False)
-    if getattr(hf, "generation_config", None) is not None:
-        fresh.generation_config = hf.generation_config
-    return fresh.eval()
-
-
-def _fill_meta_tensors(fresh: torch.nn.Module, wrapped: torch.nn.Module) -> None:
-    """Copy non-persistent buffers and tensor attributes (e.g. RoPE ``inv_freq``) left on the meta device."""
-    for mod_name, module in fresh.named_modules():
-        for attr, value in list(vars(module).items()) + list(module._buffers.items()):
-            if isinstance(value, torch.Tensor) and value.is_meta:
-                source = plain_tensor(wrapped, f"{mod_name}.{attr}" if mod_name else attr).detach().clone()
-                if attr in module._buffers:
-                    module._buffers[attr] = source
-                else:
-                    setattr(module, attr, source)
-
-
-def merged_hf_model(model: ChatModel, adapters: Sequence[BakedAdapter], share_weights: bool = True) -> Any:
-    """A new plain HF model with ``W + Σ ΔW`` in every adapted module (the caller's model is untouched).
-
-    Unadapted tensors are shared with ``model`` unless ``share_weights`` is False.
-    """
-    for a in adapters:
-        a.check_base(model)
-    merged = plain_hf_model(model, share_weights=share_weights)
-    with torch.no_grad():
-        for name, delta in sum_deltas(adapters).items():
-            module = merged.get_submodule(name)
-            w = module.weight
-            module.weight = torch.nn.Parameter((w.float() + delta.to(w.device)).to(w.dtype), requires_grad=False)
-    return merged
-
-
-def apply_adapters(model: ChatModel, adapters: Sequence[BakedAdapter], name: str | None = None) -> ChatModel:
-    """A new :class:`ChatModel` whose weights are ``model``'s plus the adapters' deltas (merged).
-
-    The new model has its own TransformerBridge (hooks, residual collection, generation all work) and
-    shares unadapted weights with ``model``.
-    """
-    from .models import wrap_model
-
-    merged = merged_hf_model(model, adapters)
-    label = name or f"{model.name} + " + "+".join(a.domain or f"block{a.layer_index}" for a in adapters)
-    adapter_name = getattr(model.bridge.cfg, "model_name", None)
-    return wrap_model(
-        merged, _tokenizer_copy(model.tokenizer), label, source=model.source, system_prompt=model.system_prompt,
-        adapter_name=adapter_name,
-    )
-
-
-def apply_adapter(model: ChatModel, adapter: BakedAdapter) -> ChatModel:
-    """:func:`apply_adapters` for one adapter."""
-    return apply_adapters(model, [adapter])
-
-
-@contextmanager
-def adapters_applied(model: ChatModel, adapters: Sequence[BakedAdapter]) -> Iterator[ChatModel]:
-    """Add the adapters' deltas to ``model``'s weights in place for the duration of the block.
-
-    The original weights are restored bit for bit on exit (also after an exception). Cheap: only the
-    adapted modules are copied. Yields ``model`` itself.
-    """
-    for a in adapters:
-        a.check_base(model)
-    saved: dict[str, torch.Tensor] = {}
-    try:
-        with torch.no_grad():
-            for name, delta in sum_deltas(adapters).items():
-                w = plain_tensor(model.hf_model, f"{name}.weight")
-                saved[name] = w.detach().clone()
-                w.add_(delta.to(device=w.device, dtype=w.dtype))
-        yield model
-    finally:
-        with torch.no_grad():
-            for name, original in saved.items():
-                plain_tensor(model.hf_model, f"{name}.weight").copy_(original)
-
-
 # ---------------------------------------------------------------------- helpers
-def _tokenizer_copy(tokenizer: Any) -> Any:
-    """A copy of an already-bridged tokenizer that TransformerLens can set up again without reloading it."""
-    import copy
-
-    tok = copy.deepcopy(tokenizer)
-    tok.init_kwargs.setdefault("name_or_path", getattr(tok, "name_or_path", ""))
-    if tok.bos_token is not None:
-        tok.init_kwargs["add_bos_token"] = bool(getattr(tok, "add_bos_token", False)) or True
-    return tok
-
-
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
