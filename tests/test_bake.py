@@ -304,19 +304,19 @@ def test_bake_is_deterministic(tiny_qwen, toy_prompts):
 
 
 def test_a_second_bake_at_the_same_block_captures_only_its_new_prompts(tiny_qwen, toy_prompts, monkeypatch):
-    import palette_lens.bake as bake_module
+    from palette_lens import bake_data  # BakeData.build looks capture_block_inputs up there
 
     cfg = BakeConfig(steps=4, eval_every=0, batch_size=4)
     first = bake(tiny_qwen, toy_direction(tiny_qwen, toy_prompts), toy_prompts, replace(cfg, val_per_domain=1),
                  progress=False)  # one validation prompt per other domain: the second bake needs more
     captured: list[str] = []
-    real = bake_module.capture_block_inputs
+    real = bake_data.capture_block_inputs
 
     def counting(model, prompts, layer_index, **kw):
         captured.extend(prompts)
         return real(model, prompts, layer_index, **kw)
 
-    monkeypatch.setattr(bake_module, "capture_block_inputs", counting)
+    monkeypatch.setattr(bake_data, "capture_block_inputs", counting)
     violence = toy_direction(tiny_qwen, toy_prompts, domain="violence")
     second = bake(tiny_qwen, violence, toy_prompts, cfg, inputs=first.inputs, progress=False)
     have = set(first.inputs.prompts)
