@@ -325,8 +325,9 @@ def attacks_from_prompt_set(
 #: Names of :mod:`palette_lens.bake_augment` that used to live here (it imports this module, so they are
 #: re-exported on first access rather than imported at the top).
 _BAKE_AUGMENT_NAMES = frozenset({
-    "TRAIN_MIXED_TEMPLATES", "TRAIN_PROFESSION_TEMPLATES", "TRAIN_ROLEPLAY_TEMPLATES", "adversarial_negatives",
-    "augment_prompt_set", "target_variants", "training_professions", "_one_variant_each",
+    "TRAIN_MIXED_TEMPLATES", "TRAIN_PROFESSION_TEMPLATES", "TRAIN_ROLEPLAY_TEMPLATES",
+    "_one_variant_each", "adversarial_negatives", "augment_prompt_set",
+    "target_variants", "training_professions",
 })
 
 

@@ -49,7 +49,7 @@ from .scoring import (
     edit_objectives,
     mean_diff_auc,
 )
-from .search_result import (  # noqa: F401 - re-exported: the settings and result are part of this module's API
+from .search_result import (  # noqa: F401 - re-exported: the search's settings and result
     MAXIMIZE,
     OBJECTIVES,
     Intervention,
