@@ -19,7 +19,9 @@ sampled more often. Half of the harmful rows (``input_shift``) see their input s
 of a composed profile sit upstream of each other, and an adapter trained only on vanilla inputs misreads
 the shifted ones (this keeps composed profiles refusing outside their domains). Every ``eval_every``
 steps first-token refusal scores on validation prompts are computed from cached inputs (adapted block +
-the rest of the model) and the most selective checkpoint is kept.
+the rest of the model) and the most selective checkpoint is kept. With ``margin_retry`` a target whose kept
+checkpoint still loses refusal on some other domain (validation) is baked once more with a refusal margin on the
+other harmful domains, and the better of the two is kept.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from .adapters import BakedAdapter
+from .bake_batches import _sample_batch, _shifted_inputs
 from .bake_data import (  # noqa: F401 - re-exported: the bake's data and validation metrics
     BakeData,
     _interleave,
@@ -46,7 +49,6 @@ from .bake_targets import (
     TargetMode,
     block_targets,
     hard_negative_weights,
-    shift_along,
     token_losses,
     token_mask,
 )
@@ -90,6 +92,13 @@ class BakeConfig:
             adapters upstream in a composed profile (one that removed refusal: c = −1; one whose margin raised
             it: c > 0), so the adapter learns to act in proportion to the refusal it is given (0: off).
         input_shift_range: (low, high) of c.
+        margin_retry: when > 0 (and ``other_scale`` is 0) and the kept checkpoint keeps less than
+            ``margin_retry_below`` of some other harmful domain's first-token refusal mass on validation, the
+            bake is repeated with ``other_scale = margin_retry`` and the repeat is kept if its weakest domain
+            keeps more while its target still drops to at most ``margin_retry_max_bypass`` of the unadapted
+            refusal mass (0: never repeat). The margin is a fallback for targets with a close neighbour (hate and
+            disinformation): it costs one more bake there and nothing elsewhere.
+        margin_retry_below, margin_retry_max_bypass: the two thresholds of that rule.
         val_per_domain: validation prompts per harmful domain; harmless/borderline use 2× this.
         eval_every: steps between validation checkpoints (0: only at the end).
         seed: seed for initialisation and sampling.
@@ -113,6 +122,9 @@ class BakeConfig:
     adversarial_negatives: tuple[str, ...] = ()
     input_shift: float = 0.5
     input_shift_range: tuple[float, float] = (-1.0, 0.5)
+    margin_retry: float = 0.0
+    margin_retry_below: float = 0.85
+    margin_retry_max_bypass: float = 0.5
     val_per_domain: int = 6
     eval_every: int = 30
     seed: int = 0
@@ -168,6 +180,55 @@ def bake(
     Returns:
         :class:`BakeResult` with the adapter of the best validation checkpoint.
     """
+    first = _bake_once(model, direction, prompts, config, refusal_ids=refusal_ids, inputs=inputs, progress=progress)
+    if not _needs_margin(first.val, config):
+        return first
+    log.info("bake %s: weakest other domain keeps %.2f of its refusal mass (< %.2f): baking again with margin %.2f",
+             direction.domain, first.val["retain_min"], config.margin_retry_below, config.margin_retry)
+    retry_config = replace(config, other_scale=config.margin_retry)
+    retry = _bake_once(model, direction, prompts, retry_config, refusal_ids=refusal_ids, inputs=first.inputs,
+                       progress=progress)
+    keep_retry = _margin_helps(first.val, retry.val, config)
+    kept, other = (retry, first) if keep_retry else (first, retry)
+    kept.adapter.meta["margin_retry"] = {
+        "kept": "margin" if keep_retry else "plain",
+        "plain": _val_summary(first.val), "margin": _val_summary(retry.val), "margin_scale": config.margin_retry,
+    }
+    kept.timings_s = {k: kept.timings_s.get(k, 0.0) + other.timings_s.get(k, 0.0) for k in kept.timings_s}
+    kept.adapter.meta["train_seconds"] = kept.timings_s["total"]
+    log.info("bake %s: kept the %s bake (weakest other domain %.2f vs %.2f)", direction.domain,
+             "margin" if keep_retry else "plain", kept.val["retain_min"], other.val["retain_min"])
+    return kept
+
+
+def _bypass(val: dict) -> float:
+    return val["p_target"] / max(val["p_target_base"], 1e-6)
+
+
+def _needs_margin(val: dict, config: BakeConfig) -> bool:
+    return config.margin_retry > 0 and config.other_scale == 0 and val["retain_min"] < config.margin_retry_below
+
+
+def _margin_helps(plain: dict, margin: dict, config: BakeConfig) -> bool:
+    return margin["retain_min"] > plain["retain_min"] and _bypass(margin) <= config.margin_retry_max_bypass
+
+
+def _val_summary(val: dict) -> dict:
+    return {"p_target": val["p_target"], "p_target_base": val["p_target_base"], "retain_min": val["retain_min"],
+            "retain_mean": val["retain_mean"], "kl_harmless": val["kl_harmless"]}
+
+
+def _bake_once(
+    model: ChatModel,
+    direction: Direction,
+    prompts: PromptSet,
+    config: BakeConfig,
+    *,
+    refusal_ids: Sequence[int] | None,
+    inputs: BlockInputs | None,
+    progress: bool,
+) -> BakeResult:
+    """One training run of :func:`bake` (no margin fallback)."""
     t_start = time.perf_counter()
     if direction.layer < 1 or direction.layer > model.n_layers:
         raise PaletteError(f"cannot bake a direction read at layer {direction.layer}: it needs a block before it")
@@ -311,44 +372,3 @@ def bake(
     )
     log.info("baked %s into block %d in %.1fs (best step %d)", target, layer_index, total, best_step)
     return BakeResult(adapter, history, best_metrics, baseline_val, timings, data.inputs)
-
-
-def _shifted_inputs(
-    block: LoraBlock, rotary: torch.nn.Module, h_in: torch.Tensor, mask: torch.Tensor, h_out: torch.Tensor,
-    unit: torch.Tensor, harmful: torch.Tensor, n_prefix: int, config: BakeConfig, gen: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shift a random share of the harmful rows' inputs along r̂ and recompute their frozen block outputs."""
-    pick = harmful & (torch.rand(harmful.shape[0], generator=gen) < config.input_shift)
-    if not pick.any():
-        return h_in, h_out
-    low, high = config.input_shift_range
-    coef = torch.where(pick, low + (high - low) * torch.rand(harmful.shape[0], generator=gen), 0.0)
-    tokens = token_mask(mask, n_prefix, 0, "user")
-    h_in = shift_along(h_in, unit.to(h_in.dtype), coef.to(h_in.dtype), tokens)
-    with torch.no_grad(), block.peft_model.disable_adapter():
-        fresh = run_block(block.layer, rotary, h_in[pick].float(), mask[pick])
-    h_out = h_out.clone()
-    h_out[pick] = fresh.to(h_out.dtype)
-    return h_in, h_out
-
-
-def _sample_batch(
-    group: torch.Tensor, weights: torch.Tensor, group_probs: torch.Tensor, batch_size: int, gen: torch.Generator
-) -> list[int]:
-    """Draw a batch: groups by ``group_probs`` (at least one target prompt), prompts within a group by weight."""
-    counts = torch.multinomial(group_probs, batch_size, replacement=True, generator=gen).bincount(
-        minlength=len(group_probs)
-    )
-    if counts[0] == 0:
-        counts[0] += 1
-        counts[int(counts.argmax())] -= 1
-    idx: list[int] = []
-    for g, n in enumerate(counts.tolist()):
-        if n == 0:
-            continue
-        members = (group == g).nonzero().flatten()
-        w = weights[members]
-        replace = n > len(members)
-        pick = torch.multinomial(w, n, replacement=replace, generator=gen)
-        idx += members[pick].tolist()
-    return idx

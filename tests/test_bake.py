@@ -330,6 +330,36 @@ def test_a_second_bake_at_the_same_block_captures_only_its_new_prompts(tiny_qwen
         torch.testing.assert_close(second.adapter.lora_B[n], fresh.adapter.lora_B[n], atol=1e-4, rtol=1e-3)
 
 
+def test_margin_retry_bakes_again_only_when_a_domain_loses_refusal(tiny_qwen, toy_prompts):
+    direction = toy_direction(tiny_qwen, toy_prompts)
+    cfg = BakeConfig(steps=6, eval_every=0, batch_size=4)
+    plain = bake(tiny_qwen, direction, toy_prompts, cfg, progress=False)
+    # threshold 0: never below it, so no second bake and the same adapter as without the option
+    never = bake(tiny_qwen, direction, toy_prompts, replace(cfg, margin_retry=0.5, margin_retry_below=0.0),
+                 progress=False)
+    assert "margin_retry" not in never.adapter.meta
+    for n in plain.adapter.module_names:
+        assert torch.equal(never.adapter.lora_B[n], plain.adapter.lora_B[n])
+    # threshold above any retention: the margin bake runs; which one is kept follows the rule
+    retried = bake(tiny_qwen, direction, toy_prompts,
+                   replace(cfg, margin_retry=0.5, margin_retry_below=10.0, margin_retry_max_bypass=10.0),
+                   progress=False)
+    record = retried.adapter.meta["margin_retry"]
+    margin = bake(tiny_qwen, direction, toy_prompts, replace(cfg, other_scale=0.5), progress=False)
+    assert record["plain"]["retain_min"] == pytest.approx(plain.val["retain_min"])
+    assert record["margin"]["retain_min"] == pytest.approx(margin.val["retain_min"])
+    expect = margin if margin.val["retain_min"] > plain.val["retain_min"] else plain
+    assert record["kept"] == ("margin" if expect is margin else "plain")
+    for n in expect.adapter.module_names:
+        torch.testing.assert_close(retried.adapter.lora_B[n], expect.adapter.lora_B[n], atol=1e-5, rtol=1e-4)
+    assert retried.adapter.meta["config"]["other_scale"] == (0.5 if expect is margin else 0.0)
+    # a margin bake that no longer relaxes the target enough is never kept
+    strict = bake(tiny_qwen, direction, toy_prompts,
+                  replace(cfg, margin_retry=0.5, margin_retry_below=10.0, margin_retry_max_bypass=-1.0),
+                  progress=False)
+    assert strict.adapter.meta["margin_retry"]["kept"] == "plain"
+
+
 def test_bake_rejects_layer_zero_and_other_models(tiny_qwen, tiny_llama, toy_prompts):
     from palette_lens.errors import AdapterMismatchError, PaletteError
 
