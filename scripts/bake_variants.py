@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--neighbours", default="", help="comma-separated other domains evaluated on --n prompts too")
     ap.add_argument("--direction", default=None, help="a saved direction (.json) instead of --layer's")
     ap.add_argument("--leak", type=int, default=8, help="requests per attack kind (0: no leakage run)")
+    ap.add_argument("--subset", type=int, default=12,
+                    help="also report rates on the first N test prompts of each harmful domain (the quick demo's)")
     ap.add_argument("--save", default=None, help="folder to save each adapter in (<save>/<i>/<target>)")
     ap.add_argument("settings", nargs="*", default=["{}"])
     args = ap.parse_args()
@@ -76,7 +78,10 @@ def main() -> None:
         if args.save:
             adapter.save(Path(args.save) / str(i) / args.target)
         lm = merged_profile(model, [adapter])
-        rates = evaluator.evaluate_lm(text, lm, [args.target]).refusal_rate()
+        result = evaluator.evaluate_lm(text, lm, [args.target])
+        rates = result.refusal_rate()
+        refused = result.refused()
+        subset = {d: sum(v[: args.subset]) / len(v[: args.subset]) for d, v in refused.items() if v}
         del lm
         others = [d for d in rates if d not in (args.target, HARMLESS, BORDERLINE)]
         leak = measure_leakage(model, prompts, {args.target: [adapter]},
@@ -88,6 +93,8 @@ def main() -> None:
             "other_kept_mean": sum(rates[d] for d in others) / len(others),
             "other_kept_worst": min(rates[d] for d in others),
             "rates": rates,
+            f"rates_first{args.subset}": subset,
+            "harmless_kl": round(result.harmless_kl, 4),
             "extra_leakage_pts": {r.attack: r.extra_leakage_pts for r in leak.rows} if leak else None,
         }), flush=True)
 
