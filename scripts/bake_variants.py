@@ -80,7 +80,7 @@ def main() -> None:
         lm = merged_profile(model, [adapter])
         result = evaluator.evaluate_lm(text, lm, [args.target])
         rates = result.refusal_rate()
-        refused = result.refused()
+        refused = result.refused
         subset = {d: sum(v[: args.subset]) / len(v[: args.subset]) for d, v in refused.items() if v}
         del lm
         others = [d for d in rates if d not in (args.target, HARMLESS, BORDERLINE)]
