@@ -95,10 +95,10 @@ class BakeConfig:
         margin_retry: when > 0 (and ``other_scale`` is 0) and the kept checkpoint keeps less than
             ``margin_retry_below`` of some other harmful domain's first-token refusal mass on validation, the
             bake is repeated with ``other_scale = margin_retry`` and the repeat is kept if its weakest domain
-            keeps more while its target still drops to at most ``margin_retry_max_bypass`` of the unadapted
-            refusal mass (0: never repeat). The margin is a fallback for targets with a close neighbour (hate and
+            keeps more while its target's refusal mass is at most ``margin_retry_max_target`` times the first
+            bake's (the margin must not cost the target its relaxation; 0: never repeat). The margin is a fallback for targets with a close neighbour (hate and
             disinformation): it costs one more bake there and nothing elsewhere.
-        margin_retry_below, margin_retry_max_bypass: the two thresholds of that rule.
+        margin_retry_below, margin_retry_max_target: the two thresholds of that rule.
         val_per_domain: validation prompts per harmful domain; harmless/borderline use 2× this.
         eval_every: steps between validation checkpoints (0: only at the end).
         seed: seed for initialisation and sampling.
@@ -124,7 +124,7 @@ class BakeConfig:
     input_shift_range: tuple[float, float] = (-1.0, 0.5)
     margin_retry: float = 0.0
     margin_retry_below: float = 0.85
-    margin_retry_max_bypass: float = 0.5
+    margin_retry_max_target: float = 1.25
     val_per_domain: int = 6
     eval_every: int = 30
     seed: int = 0
@@ -201,16 +201,13 @@ def bake(
     return kept
 
 
-def _bypass(val: dict) -> float:
-    return val["p_target"] / max(val["p_target_base"], 1e-6)
-
-
 def _needs_margin(val: dict, config: BakeConfig) -> bool:
     return config.margin_retry > 0 and config.other_scale == 0 and val["retain_min"] < config.margin_retry_below
 
 
 def _margin_helps(plain: dict, margin: dict, config: BakeConfig) -> bool:
-    return margin["retain_min"] > plain["retain_min"] and _bypass(margin) <= config.margin_retry_max_bypass
+    kept_more = margin["retain_min"] > plain["retain_min"]
+    return kept_more and margin["p_target"] <= config.margin_retry_max_target * plain["p_target"]
 
 
 def _val_summary(val: dict) -> dict:

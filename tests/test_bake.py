@@ -342,7 +342,7 @@ def test_margin_retry_bakes_again_only_when_a_domain_loses_refusal(tiny_qwen, to
         assert torch.equal(never.adapter.lora_B[n], plain.adapter.lora_B[n])
     # threshold above any retention: the margin bake runs; which one is kept follows the rule
     retried = bake(tiny_qwen, direction, toy_prompts,
-                   replace(cfg, margin_retry=0.5, margin_retry_below=10.0, margin_retry_max_bypass=10.0),
+                   replace(cfg, margin_retry=0.5, margin_retry_below=10.0, margin_retry_max_target=1e6),
                    progress=False)
     record = retried.adapter.meta["margin_retry"]
     margin = bake(tiny_qwen, direction, toy_prompts, replace(cfg, other_scale=0.5), progress=False)
@@ -355,7 +355,7 @@ def test_margin_retry_bakes_again_only_when_a_domain_loses_refusal(tiny_qwen, to
     assert retried.adapter.meta["config"]["other_scale"] == (0.5 if expect is margin else 0.0)
     # a margin bake that no longer relaxes the target enough is never kept
     strict = bake(tiny_qwen, direction, toy_prompts,
-                  replace(cfg, margin_retry=0.5, margin_retry_below=10.0, margin_retry_max_bypass=-1.0),
+                  replace(cfg, margin_retry=0.5, margin_retry_below=10.0, margin_retry_max_target=0.0),
                   progress=False)
     assert strict.adapter.meta["margin_retry"]["kept"] == "plain"
 
