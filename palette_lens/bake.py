@@ -122,8 +122,8 @@ class BakeConfig:
     adversarial_negatives: tuple[str, ...] = ()
     input_shift: float = 0.5
     input_shift_range: tuple[float, float] = (-1.0, 0.5)
-    margin_retry: float = 0.0
-    margin_retry_below: float = 0.85
+    margin_retry: float = 0.5
+    margin_retry_below: float = 0.8
     margin_retry_max_target: float = 1.25
     val_per_domain: int = 6
     eval_every: int = 30

@@ -41,9 +41,9 @@ from .models import ChatModel
 
 log = logging.getLogger(__name__)
 
-#: the default model's three best-baking domains (docs/bake.md: one-block adapters on violence and hate kept
-#: refusing 35–75% of their own test prompts, cyber, disinformation and bio 6–19%)
-DEFAULT_TARGETS = ("cyber", "disinformation", "bio")
+#: the default model's three domains whose one-block adapters meet the bake floors (docs/bake.md: cyber,
+#: disinformation and hate; bio relaxes but keeps chem, its neighbour, at 55–68%; violence keeps refusing 38–50%)
+DEFAULT_TARGETS = ("cyber", "disinformation", "hate")
 # Written last, in this order; a folder holding metrics.json is a finished run (a rerun starts clean).
 SUMMARY_FILES = ("details.json", "report.html", "metrics.json")
 METRICS_KEYS = (
@@ -57,7 +57,7 @@ class PipelineConfig:
     """Settings of a pipeline run (``quick()`` and ``full()`` give the two presets).
 
     Attributes:
-        targets: domains to bake (empty: cyber, disinformation, bio when present, else the three harmful
+        targets: domains to bake (empty: cyber, disinformation, hate when present, else the three harmful
             domains that separate best from the others).
         eval_limit: test prompts per harmful domain (None: all).
         harmless_limit, borderline_limit: test prompts of harmless / borderline (None: all).
@@ -165,7 +165,7 @@ def write_json(path: Path, obj: Any) -> Path:
 
 
 def default_targets(prompts: PromptSet, residuals: Mapping[str, Any] | None = None, n: int = 3) -> list[str]:
-    """cyber, disinformation and bio when the data has them; otherwise the ``n`` best-separated harmful domains.
+    """cyber, disinformation and hate when the data has them; otherwise the ``n`` best-separated harmful domains.
 
     Separation: balanced accuracy of a one-direction condition (domain vs every other prompt) at the middle
     layer, last post-instruction position, on train residuals.

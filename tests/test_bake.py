@@ -332,8 +332,9 @@ def test_a_second_bake_at_the_same_block_captures_only_its_new_prompts(tiny_qwen
 
 def test_margin_retry_bakes_again_only_when_a_domain_loses_refusal(tiny_qwen, toy_prompts):
     direction = toy_direction(tiny_qwen, toy_prompts)
-    cfg = BakeConfig(steps=6, eval_every=0, batch_size=4)
+    cfg = BakeConfig(steps=6, eval_every=0, batch_size=4, margin_retry=0.0)  # 0: the option off
     plain = bake(tiny_qwen, direction, toy_prompts, cfg, progress=False)
+    assert "margin_retry" not in plain.adapter.meta
     # threshold 0: never below it, so no second bake and the same adapter as without the option
     never = bake(tiny_qwen, direction, toy_prompts, replace(cfg, margin_retry=0.5, margin_retry_below=0.0),
                  progress=False)

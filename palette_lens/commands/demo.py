@@ -1,4 +1,4 @@
-"""``palette-lens demo``: the whole pipeline on the built-in data (cyber, disinformation, bio by default).
+"""``palette-lens demo``: the whole pipeline on the built-in data (cyber, disinformation, hate by default).
 
 Writes ``report.html``, ``metrics.json``, ``details.json``, ``adapters/<domain>/`` and ``directions/`` into
 ``--out``. ``--quick`` uses few prompts per stage (CI-sized).
@@ -15,7 +15,7 @@ from .run import add_pipeline_arguments, execute
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--target", action="append", default=None, metavar="DOMAIN",
-                        help="target domains (default: cyber, disinformation, bio)")
+                        help="target domains (default: cyber, disinformation, hate)")
     add_pipeline_arguments(parser, "runs/demo")
 
 
