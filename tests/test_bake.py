@@ -419,13 +419,13 @@ def test_bake_command_writes_adapter_folder(tiny_qwen, toy_prompts, tmp_path, mo
     direction.save(tmp_path / "dirs", "cyber")
     out = tmp_path / "out"
     code = main(["bake", "--target", "cyber", "--model", str(model_dir), "--direction", str(tmp_path / "dirs" / "cyber.json"),
-                 "--steps", "4", "--input-shift", "0.5", "--out", str(out)])
+                 "--steps", "4", "--input-shift", "0.5", "--margin-retry", "0", "--out", str(out)])
     assert code == 0
     folder = out / "adapters" / "cyber"
     assert (folder / "bake.json").is_file() and (folder / "inspect.html").is_file()
     adapter = load_adapter(folder)
     assert adapter.layer_index == 1 and adapter.meta["domain"] == "cyber"
-    assert adapter.meta["config"]["input_shift"] == 0.5
+    assert adapter.meta["config"]["input_shift"] == 0.5 and adapter.meta["config"]["margin_retry"] == 0.0
     # a wrong target is a one-line user error
     assert main(["bake", "--target", "nope", "--model", str(model_dir), "--out", str(out)]) == 2
 

@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss", choices=["cosine", "rel_mse"], default=d.loss, help=f"default {d.loss}")
     parser.add_argument("--other-scale", type=finite_float, default=d.other_scale,
                         help=f"margin on non-target harmful prompts: h + m·(h·r̂)r̂ (default {d.other_scale})")
+    parser.add_argument("--margin-retry", type=finite_float, default=d.margin_retry,
+                        help="margin of the second bake for a target whose weakest other domain keeps less than "
+                        f"{d.margin_retry_below} of its refusal (validation); 0: bake once (default {d.margin_retry})")
     parser.add_argument("--adversarial-negatives", type=attack_kinds, default=d.adversarial_negatives,
                         metavar="KINDS", help="comma-separated kinds from profession,roleplay,mixed whose variants of "
                         f"non-target train prompts join the negatives, or 'none' (default {','.join(d.adversarial_negatives) or 'none'})")
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     direction = _direction(args, model, prompts, out)
     config = BakeConfig(
         scale=args.scale, target_mode=args.target_mode, loss=args.loss, steps=args.steps, lr=args.lr,
-        rank=args.rank, alpha=args.alpha, other_scale=args.other_scale,
+        rank=args.rank, alpha=args.alpha, other_scale=args.other_scale, margin_retry=args.margin_retry,
         adversarial_negatives=args.adversarial_negatives, input_shift=args.input_shift,
     )
     result = bake(model, direction, prompts, config)
