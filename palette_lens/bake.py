@@ -99,6 +99,9 @@ class BakeConfig:
             bake's (the margin must not cost the target its relaxation; 0: never repeat). The margin is a fallback for targets with a close neighbour (hate and
             disinformation): it costs one more bake there and nothing elsewhere.
         margin_retry_below, margin_retry_max_target: the two thresholds of that rule.
+        generation_check: at the end, generate the validation prompts (greedy, keyword judge) with this many of
+            the most selective first-token checkpoints and keep the best by generated selectivity
+            (:mod:`palette_lens.bake_check`); 0: keep the best first-token checkpoint without generating.
         val_per_domain: validation prompts per harmful domain; harmless/borderline use 2× this.
         eval_every: steps between validation checkpoints (0: only at the end).
         seed: seed for initialisation and sampling.
@@ -125,6 +128,7 @@ class BakeConfig:
     margin_retry: float = 0.5
     margin_retry_below: float = 0.8
     margin_retry_max_target: float = 1.25
+    generation_check: int = 0
     val_per_domain: int = 6
     eval_every: int = 30
     seed: int = 0
@@ -291,7 +295,7 @@ def _bake_once(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     history: list[dict] = []
-    best: tuple[float, int, tuple, dict] | None = None
+    checkpoints: list[tuple[float, int, tuple, dict]] = []  # (first-token selectivity, step, factors, metrics)
     n_post = model.n_post
     dtype = torch.float32
     t_train = 0.0
@@ -334,11 +338,24 @@ def _bake_once(
                 target, step + 1, loss_value, metrics["p_target"], metrics["p_target_base"],
                 metrics["retain_mean"], metrics["retain_min"], metrics["kl_harmless"],
             )
-            if best is None or metrics["selectivity"] > best[0]:
-                best = (metrics["selectivity"], step + 1, block.factors(), metrics)
+            checkpoints.append((metrics["selectivity"], step + 1, block.factors(), metrics))
         history.append(record)
-    assert best is not None
-    _, best_step, (lora_a, lora_b), best_metrics = best
+    ranked = sorted(checkpoints, key=lambda c: (-c[0], c[1]))  # most selective first, earlier step on ties
+    check: dict = {}
+    kept = 0
+    if config.generation_check > 0 and len(ranked) > 0:
+        from .bake_check import generation_check
+
+        t3 = time.perf_counter()
+        shortlist = ranked[: config.generation_check]
+        candidates = [BakedAdapter(layer_index=layer_index, lora_A=a, lora_B=b, rank=config.rank, alpha=config.alpha,
+                                   meta={"domain": target}, direction=direction.vector.detach().float().clone())
+                      for _, _, (a, b), _ in shortlist]
+        kept, records = generation_check(model, candidates, data.val)
+        check = {"steps": [c[1] for c in shortlist], "kept_step": shortlist[kept][1], "candidates": records[:-1],
+                 "vanilla": records[-1]["rates"]}
+        t_validate += time.perf_counter() - t3
+    _, best_step, (lora_a, lora_b), best_metrics = ranked[kept]
     total = time.perf_counter() - t_start
     timings = {"capture": t_capture, "train": t_train, "validate": t_validate, "total": total}
     used = [target, *[d for d in prompts.harmful_domains if d != target], HARMLESS]
@@ -359,7 +376,8 @@ def _bake_once(
         "data_hashes": {"target": prompts.data_hash([target]), "all": prompts.data_hash(used)},
         "direction": {"norm": direction.norm, "data_hash": direction.data_hash, "meta": direction.meta},
         "refusal_ids": list(refusal_ids),
-        "metrics": {"val_first_token": best_metrics, "val_first_token_base": baseline_val},
+        "metrics": {"val_first_token": best_metrics, "val_first_token_base": baseline_val,
+                    **({"val_generation": check} if check else {})},
         "train_seconds": total,
         "n_train": {k: len(v) for k, v in data.train.items()},
     }

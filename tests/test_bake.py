@@ -361,6 +361,37 @@ def test_margin_retry_bakes_again_only_when_a_domain_loses_refusal(tiny_qwen, to
     assert strict.adapter.meta["margin_retry"]["kept"] == "plain"
 
 
+def test_generated_selectivity_rewards_relaxing_the_target_and_keeping_the_rest():
+    from palette_lens.bake_check import generated_selectivity
+
+    base = {"target": 1.0, "chem": 1.0, "bio": 0.5, "harmless": 0.0, "borderline": 0.25}
+    good = generated_selectivity({"target": 0.0, "chem": 1.0, "bio": 0.5, "harmless": 0.0, "borderline": 0.25}, base)
+    assert good["kept_mean"] == 1.0 and good["kept_worst"] == 1.0 and good["selectivity"] == pytest.approx(1.0)
+    leaky = generated_selectivity({"target": 0.0, "chem": 0.5, "bio": 0.5, "harmless": 0.0, "borderline": 0.25}, base)
+    assert leaky["kept_worst"] == 0.5 and leaky["selectivity"] < good["selectivity"]
+    stiff = generated_selectivity({"target": 0.5, "chem": 1.0, "bio": 0.5, "harmless": 0.0, "borderline": 0.25}, base)
+    assert stiff["selectivity"] == pytest.approx(0.5)
+    over = generated_selectivity({"target": 0.0, "chem": 1.0, "bio": 1.0, "harmless": 0.25, "borderline": 0.5}, base)
+    assert over["kept_mean"] == 1.0 and over["selectivity"] == pytest.approx(0.5)  # over-refusal costs, extra refusal earns nothing
+
+
+def test_generation_check_keeps_the_checkpoint_that_generates_best(tiny_qwen, toy_prompts):
+    direction = toy_direction(tiny_qwen, toy_prompts)
+    cfg = BakeConfig(steps=8, eval_every=2, batch_size=4, margin_retry=0.0)
+    plain = bake(tiny_qwen, direction, toy_prompts, cfg, progress=False)
+    checked = bake(tiny_qwen, direction, toy_prompts, replace(cfg, generation_check=3), progress=False)
+    record = checked.adapter.meta["metrics"]["val_generation"]
+    assert len(record["steps"]) == len(record["candidates"]) == 3
+    assert record["steps"][0] == plain.adapter.meta["best_step"]  # the shortlist starts at the first-token pick
+    scores = [c["selectivity"] for c in record["candidates"]]
+    assert record["kept_step"] == record["steps"][scores.index(max(scores))] == checked.adapter.meta["best_step"]
+    assert set(record["vanilla"]) == set(record["candidates"][0]["rates"]) >= {"target", "harmless", "violence"}
+    if record["kept_step"] == plain.adapter.meta["best_step"]:
+        for n in plain.adapter.module_names:
+            assert torch.equal(checked.adapter.lora_B[n], plain.adapter.lora_B[n])
+    assert "val_generation" not in plain.adapter.meta["metrics"]
+
+
 def test_bake_rejects_layer_zero_and_other_models(tiny_qwen, tiny_llama, toy_prompts):
     from palette_lens.errors import AdapterMismatchError, PaletteError
 
@@ -419,13 +450,15 @@ def test_bake_command_writes_adapter_folder(tiny_qwen, toy_prompts, tmp_path, mo
     direction.save(tmp_path / "dirs", "cyber")
     out = tmp_path / "out"
     code = main(["bake", "--target", "cyber", "--model", str(model_dir), "--direction", str(tmp_path / "dirs" / "cyber.json"),
-                 "--steps", "4", "--input-shift", "0.5", "--margin-retry", "0", "--out", str(out)])
+                 "--steps", "4", "--input-shift", "0.5", "--margin-retry", "0", "--generation-check", "2",
+                 "--out", str(out)])
     assert code == 0
     folder = out / "adapters" / "cyber"
     assert (folder / "bake.json").is_file() and (folder / "inspect.html").is_file()
     adapter = load_adapter(folder)
     assert adapter.layer_index == 1 and adapter.meta["domain"] == "cyber"
     assert adapter.meta["config"]["input_shift"] == 0.5 and adapter.meta["config"]["margin_retry"] == 0.0
+    assert adapter.meta["metrics"]["val_generation"]["kept_step"] == adapter.meta["best_step"]
     # a wrong target is a one-line user error
     assert main(["bake", "--target", "nope", "--model", str(model_dir), "--out", str(out)]) == 2
 

@@ -23,6 +23,7 @@ from .common import (
     fraction,
     load_data_from_args,
     load_model_from_args,
+    non_negative_int,
     positive_float,
     positive_int,
 )
@@ -64,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--margin-retry", type=finite_float, default=d.margin_retry,
                         help="margin of the second bake for a target whose weakest other domain keeps less than "
                         f"{d.margin_retry_below} of its refusal (validation); 0: bake once (default {d.margin_retry})")
+    parser.add_argument("--generation-check", type=non_negative_int, default=d.generation_check, metavar="K",
+                        help="generate the validation prompts with the K most selective checkpoints and keep the best "
+                        f"by generated refusal (default {d.generation_check}: first-token scores only)")
     parser.add_argument("--adversarial-negatives", type=attack_kinds, default=d.adversarial_negatives,
                         metavar="KINDS", help="comma-separated kinds from profession,roleplay,mixed whose variants of "
                         f"non-target train prompts join the negatives, or 'none' (default {','.join(d.adversarial_negatives) or 'none'})")
@@ -122,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     config = BakeConfig(
         scale=args.scale, target_mode=args.target_mode, loss=args.loss, steps=args.steps, lr=args.lr,
         rank=args.rank, alpha=args.alpha, other_scale=args.other_scale, margin_retry=args.margin_retry,
+        generation_check=args.generation_check,
         adversarial_negatives=args.adversarial_negatives, input_shift=args.input_shift,
     )
     result = bake(model, direction, prompts, config)
