@@ -118,9 +118,10 @@ def search_direction(
     n_layers = model.n_layers
     max_layer = n_layers * (1.0 - cfg.drop_last_frac)
     keys = list(cands.keys())
-    eligible = [cfg.min_layer <= l < max_layer for l, _ in keys]
+    eligible = [cfg.min_layer <= l < max_layer and (cfg.layers is None or l in cfg.layers) for l, _ in keys]
     if not any(eligible):
-        raise PaletteError(f"no candidate layer in [{cfg.min_layer}, {max_layer:.1f}) for a {n_layers}-layer model")
+        only = f" among layers {list(cfg.layers)}" if cfg.layers is not None else ""
+        raise PaletteError(f"no candidate layer in [{cfg.min_layer}, {max_layer:.1f}){only} for a {n_layers}-layer model")
     units = cands.units().reshape(-1, cands.vectors.shape[-1])
     norms = cands.norms().reshape(-1)
     rel_norm = (cands.norms() / cands.harmless_norm.clamp_min(1e-12)).reshape(-1)

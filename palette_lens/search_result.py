@@ -47,6 +47,8 @@ class SearchConfig:
             after the ideal edit: what a bake can only approach). Use ``float("inf")`` to disable.
         drop_last_frac: drop candidates in the last fraction of layers.
         min_layer: smallest layer considered (1: a block l−1 must exist to bake into).
+        layers: only these layers (None: every layer the two filters above allow); a refinement round
+            (:mod:`palette_lens.refine`) searches the layer of the adapter it refines.
         top_k: candidates scored causally after pruning (None: every candidate, no pruning).
         proxy: pruning proxy: "attribution" (first-order estimate), "norm" (‖r‖ relative to ‖h‖), "none".
         n_val: validation prompts of the target domain and of harmless.
@@ -65,6 +67,7 @@ class SearchConfig:
     bypass_max: float | None = None
     drop_last_frac: float = 0.2
     min_layer: int = 1
+    layers: tuple[int, ...] | None = None
     top_k: int | None = 10
     proxy: ProxyKind = "attribution"
     n_val: int = 12
@@ -87,6 +90,7 @@ class SearchConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["alphas"] = list(self.alphas)
+        d["layers"] = list(self.layers) if self.layers is not None else None
         for k in ("kl_max", "bypass_max"):  # JSON has no infinity: "no filter" is written as null
             if d[k] is not None and math.isinf(d[k]):
                 d[k] = None
@@ -194,6 +198,8 @@ class SearchResult:
         chosen = Direction.load(folder / "directions" / f"{d['target']}.json")
         cfg = dict(d.get("config", {}))
         cfg["alphas"] = tuple(cfg.get("alphas", SearchConfig.alphas))
+        if cfg.get("layers") is not None:
+            cfg["layers"] = tuple(cfg["layers"])
         return cls(
             target=d["target"],
             candidates=d["candidates"],

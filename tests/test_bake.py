@@ -459,6 +459,10 @@ def test_bake_command_writes_adapter_folder(tiny_qwen, toy_prompts, tmp_path, mo
     assert adapter.layer_index == 1 and adapter.meta["domain"] == "cyber"
     assert adapter.meta["config"]["input_shift"] == 0.5 and adapter.meta["config"]["margin_retry"] == 0.0
     assert adapter.meta["metrics"]["val_generation"]["kept_step"] == adapter.meta["best_step"]
+    code = main(["bake", "--target", "cyber", "--model", str(model_dir), "--direction", str(tmp_path / "dirs" / "cyber.json"),
+                 "--steps", "4", "--margin-retry", "0", "--refine", "--no-inspect", "--out", str(tmp_path / "refined")])
+    refined = load_adapter(tmp_path / "refined" / "adapters" / "cyber")
+    assert code == 0 and refined.rank == 2 * adapter.rank and refined.meta["refined"]["layer"] == adapter.layer
     # a wrong target is a one-line user error
     assert main(["bake", "--target", "nope", "--model", str(model_dir), "--out", str(out)]) == 2
 
@@ -475,3 +479,34 @@ def test_single_layer_scan_reads_the_edit_at_each_layer(tiny_qwen, toy_prompts):
     assert all(abs(r["ratio"] - r["p_target"] / base) < 1e-9 for r in rows)
     # the edit changes the output at some layer (it is applied, not silently skipped)
     assert any(abs(r["p_target"] - base) > 1e-6 for r in rows)
+
+
+# ---------------------------------------------------------------------- refinement round
+def test_refine_searches_the_adapter_layer_and_stacks_both_rounds(tiny_qwen, toy_prompts, tmp_path):
+    from palette_lens.adapter_apply import apply_adapters, merged_hf_model
+    from palette_lens.adapters import load_adapter
+    from palette_lens.refine import refine
+    from palette_lens.search import SearchConfig
+
+    direction = toy_direction(tiny_qwen, toy_prompts)
+    cfg = BakeConfig(steps=6, eval_every=0, batch_size=4, margin_retry=0.0)
+    first = bake(tiny_qwen, direction, toy_prompts, cfg, progress=False).adapter
+    before = {k: v.detach().clone() for k, v in tiny_qwen.hf_model.state_dict().items()}
+    result = refine(tiny_qwen, first, toy_prompts, cfg, search_config=SearchConfig(top_k=2, n_val=4, n_val_other=1),
+                    progress=False)
+    assert all(torch.equal(before[k], v) for k, v in tiny_qwen.hf_model.state_dict().items())  # caller's model kept
+    assert result.search.chosen.layer == first.layer  # the search stayed at the adapter's layer
+    assert {c["layer"] for c in result.search.candidates if c["eligible"]} == {first.layer}
+    stacked = result.adapter
+    assert stacked.layer_index == first.layer_index and stacked.rank == first.rank + result.second.adapter.rank
+    assert stacked.meta["refined"]["position"] == result.search.chosen.position
+    for n, delta in stacked.deltas().items():  # ΔW = ΔW₁ + ΔW₂ exactly
+        torch.testing.assert_close(delta, first.deltas()[n] + result.second.adapter.deltas()[n], atol=1e-6, rtol=1e-5)
+    ids = tiny_qwen.tokenizer("a short prompt", return_tensors="pt").input_ids
+    one = merged_hf_model(tiny_qwen, [stacked])
+    two = merged_hf_model(apply_adapters(tiny_qwen, [first]), [result.second.adapter])
+    with torch.no_grad():
+        torch.testing.assert_close(one(ids).logits, two(ids).logits, atol=1e-4, rtol=1e-4)
+    stacked.save(tmp_path / "refined")  # a normal adapter: saved, checked and loaded like any other
+    loaded = load_adapter(tmp_path / "refined", tiny_qwen)
+    assert loaded.rank == stacked.rank and loaded.meta["refined"]["first_rank"] == first.rank

@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generation-check", type=non_negative_int, default=d.generation_check, metavar="K",
                         help="generate the validation prompts with the K most selective checkpoints and keep the best "
                         f"by generated refusal (default {d.generation_check}: first-token scores only)")
+    parser.add_argument("--refine", action="store_true",
+                        help="one refinement round: search again on the adapted model at the adapter's layer, bake "
+                        "again on top and save both rounds as one adapter")
     parser.add_argument("--adversarial-negatives", type=attack_kinds, default=d.adversarial_negatives,
                         metavar="KINDS", help="comma-separated kinds from profession,roleplay,mixed whose variants of "
                         f"non-target train prompts join the negatives, or 'none' (default {','.join(d.adversarial_negatives) or 'none'})")
@@ -130,7 +133,16 @@ def run(args: argparse.Namespace) -> int:
         adversarial_negatives=args.adversarial_negatives, input_shift=args.input_shift,
     )
     result = bake(model, direction, prompts, config)
-    folder = result.adapter.save(out / "adapters" / args.target)
+    adapter = result.adapter
+    if args.refine:
+        from ..refine import refine
+
+        refined = refine(model, adapter, prompts, config)
+        adapter = refined.adapter
+        r = refined.search.chosen
+        echo(f"refined: searched again on the adapted model (layer {r.layer}, position {r.position}), "
+             f"stacked into one rank-{adapter.rank} adapter")
+    folder = adapter.save(out / "adapters" / args.target)
     report = {
         "timings_s": result.timings_s,
         "val": result.val,
@@ -142,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_inspect:
         from ..inspect_block import inspect_adapter
 
-        ins = inspect_adapter(model, result.adapter, prompts)
+        ins = inspect_adapter(model, adapter, prompts)
         page = "<!doctype html><meta charset='utf-8'><title>palette-lens adapter</title>" + ins.to_html()
         atomic_write_text(folder / "inspect.html", page)
         written.append(folder / "inspect.html")
