@@ -99,6 +99,9 @@ class BakeConfig:
             bake's (the margin must not cost the target its relaxation; 0: never repeat). The margin is a fallback for targets with a close neighbour (hate and
             disinformation): it costs one more bake there and nothing elsewhere.
         margin_retry_below, margin_retry_max_target: the two thresholds of that rule.
+        margin_retry_borderline: the margin bake samples borderline prompts at least this share of the mix
+            (the margin raises refusal around harmful prompts; borderline ones need as much weight to stay
+            neutral).
         generation_check: at the end, generate the validation prompts (greedy, keyword judge) with this many of
             the most selective first-token checkpoints and keep the best by generated selectivity
             (:mod:`palette_lens.bake_check`); 0: keep the best first-token checkpoint without generating.
@@ -128,6 +131,7 @@ class BakeConfig:
     margin_retry: float = 0.5
     margin_retry_below: float = 0.8
     margin_retry_max_target: float = 1.25
+    margin_retry_borderline: float = 1.0
     generation_check: int = 0
     val_per_domain: int = 6
     eval_every: int = 30
@@ -189,7 +193,8 @@ def bake(
         return first
     log.info("bake %s: weakest other domain keeps %.2f of its refusal mass (< %.2f): baking again with margin %.2f",
              direction.domain, first.val["retain_min"], config.margin_retry_below, config.margin_retry)
-    retry_config = replace(config, other_scale=config.margin_retry)
+    mix = (*config.mix[:3], max(config.mix[3], config.margin_retry_borderline))
+    retry_config = replace(config, other_scale=config.margin_retry, mix=mix)
     retry = _bake_once(model, direction, prompts, retry_config, refusal_ids=refusal_ids, inputs=first.inputs,
                        progress=progress)
     keep_retry = _margin_helps(first.val, retry.val, config)

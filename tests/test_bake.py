@@ -346,7 +346,9 @@ def test_margin_retry_bakes_again_only_when_a_domain_loses_refusal(tiny_qwen, to
                    replace(cfg, margin_retry=0.5, margin_retry_below=10.0, margin_retry_max_target=1e6),
                    progress=False)
     record = retried.adapter.meta["margin_retry"]
-    margin = bake(tiny_qwen, direction, toy_prompts, replace(cfg, other_scale=0.5), progress=False)
+    # the margin bake also weighs borderline prompts 1:1 (margin_retry_borderline)
+    margin = bake(tiny_qwen, direction, toy_prompts, replace(cfg, other_scale=0.5, mix=(*cfg.mix[:3], 1.0)),
+                  progress=False)
     assert record["plain"]["retain_min"] == pytest.approx(plain.val["retain_min"])
     assert record["margin"]["retain_min"] == pytest.approx(margin.val["retain_min"])
     expect = margin if margin.val["retain_min"] > plain.val["retain_min"] else plain
@@ -354,6 +356,7 @@ def test_margin_retry_bakes_again_only_when_a_domain_loses_refusal(tiny_qwen, to
     for n in expect.adapter.module_names:
         torch.testing.assert_close(retried.adapter.lora_B[n], expect.adapter.lora_B[n], atol=1e-5, rtol=1e-4)
     assert retried.adapter.meta["config"]["other_scale"] == (0.5 if expect is margin else 0.0)
+    assert retried.adapter.meta["config"]["mix"][3] == (1.0 if expect is margin else cfg.mix[3])
     # a margin bake that no longer relaxes the target enough is never kept
     strict = bake(tiny_qwen, direction, toy_prompts,
                   replace(cfg, margin_retry=0.5, margin_retry_below=10.0, margin_retry_max_target=0.0),
