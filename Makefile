@@ -14,7 +14,7 @@ export OMP_WAIT_POLICY
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	@# CPU PyTorch where no GPU is present (a plain `torch` requirement would pull a multi-GB CUDA build).
@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml
 	else \
 		$(PIP) install -q torch==2.13.0; \
 	fi
-	$(PIP) install -q -e '.[dev,notebooks,browser]'
+	@# constraints.txt holds the tested versions of the model stack (transformers, transformer-lens, peft, ...).
+	$(PIP) install -q -c constraints.txt -e '.[dev,notebooks,browser]'
 	@touch $(STAMP)
 
 demo: install

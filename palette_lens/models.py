@@ -278,6 +278,9 @@ def wrap_model(
     """Wrap an already-loaded HF causal LM + tokenizer (modules get wrapped by a TransformerBridge)."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    from .stack_check import check_stack
+
+    check_stack()
     post = find_post_instruction_ids(tokenizer, system_prompt)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
