@@ -453,7 +453,7 @@ def test_bake_command_writes_adapter_folder(tiny_qwen, toy_prompts, tmp_path, mo
     direction.save(tmp_path / "dirs", "cyber")
     out = tmp_path / "out"
     code = main(["bake", "--target", "cyber", "--model", str(model_dir), "--direction", str(tmp_path / "dirs" / "cyber.json"),
-                 "--steps", "4", "--input-shift", "0.5", "--margin-retry", "0", "--generation-check", "2",
+                 "--steps", "4", "--input-shift", "0.5", "--margin-retry", "0", "--generation-check", "2", "--mix", "1,1,1,1",
                  "--out", str(out)])
     assert code == 0
     folder = out / "adapters" / "cyber"
@@ -461,6 +461,7 @@ def test_bake_command_writes_adapter_folder(tiny_qwen, toy_prompts, tmp_path, mo
     adapter = load_adapter(folder)
     assert adapter.layer_index == 1 and adapter.meta["domain"] == "cyber"
     assert adapter.meta["config"]["input_shift"] == 0.5 and adapter.meta["config"]["margin_retry"] == 0.0
+    assert list(adapter.meta["config"]["mix"]) == [1.0, 1.0, 1.0, 1.0]
     assert adapter.meta["metrics"]["val_generation"]["kept_step"] == adapter.meta["best_step"]
     code = main(["bake", "--target", "cyber", "--model", str(model_dir), "--direction", str(tmp_path / "dirs" / "cyber.json"),
                  "--steps", "4", "--margin-retry", "0", "--refine", "--no-inspect", "--out", str(tmp_path / "refined")])

@@ -232,6 +232,9 @@ def test_model_without_chat_template(builtin, model_folder, tmp_path, capsys):
     (["search", "--target", "cyber", "--views-every", "0"], "argument --views-every: must be at least 1"),
     (["run", "--target", "cyber", "--eval-limit", "-3"], "argument --eval-limit: must be at least 1, not -3"),
     (["baseline", "--limit", "many"], "argument --limit: invalid positive_int value: 'many'"),
+    (["bake", "--target", "cyber", "--mix", "1:1:1"], "argument --mix: must be four non-negative weights"),
+    (["bake", "--target", "cyber", "--mix", "0:1:1:1"], "with target > 0, not '0:1:1:1'"),
+    (["bake", "--target", "cyber", "--mix", "1:-1:1:1"], "argument --mix: must be four non-negative weights"),
 ])
 def test_bad_option_values_are_usage_errors(capsys, argv, match):
     with pytest.raises(SystemExit) as info:

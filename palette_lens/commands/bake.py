@@ -23,6 +23,7 @@ from .common import (
     fraction,
     load_data_from_args,
     load_model_from_args,
+    mix_weights,
     non_negative_int,
     positive_float,
     positive_int,
@@ -62,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss", choices=["cosine", "rel_mse"], default=d.loss, help=f"default {d.loss}")
     parser.add_argument("--other-scale", type=finite_float, default=d.other_scale,
                         help=f"margin on non-target harmful prompts: h + m·(h·r̂)r̂ (default {d.other_scale})")
+    parser.add_argument("--mix", type=mix_weights, default=d.mix, metavar="T:O:H:B",
+                        help="sampling weights of target : other harmful : harmless : borderline prompts (default "
+                        f"{':'.join(f'{w:g}' for w in d.mix)}); the margin fallback's bake uses borderline >= "
+                        f"{d.margin_retry_borderline:g}")
     parser.add_argument("--margin-retry", type=finite_float, default=d.margin_retry,
                         help="margin of the second bake for a target whose weakest other domain keeps less than "
                         f"{d.margin_retry_below} of its refusal (validation); 0: bake once (default {d.margin_retry})")
@@ -128,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     direction = _direction(args, model, prompts, out)
     config = BakeConfig(
         scale=args.scale, target_mode=args.target_mode, loss=args.loss, steps=args.steps, lr=args.lr,
-        rank=args.rank, alpha=args.alpha, other_scale=args.other_scale, margin_retry=args.margin_retry,
+        rank=args.rank, alpha=args.alpha, other_scale=args.other_scale, mix=args.mix, margin_retry=args.margin_retry,
         generation_check=args.generation_check,
         adversarial_negatives=args.adversarial_negatives, input_shift=args.input_shift,
     )

@@ -38,6 +38,20 @@ def finite_float(text: str) -> float:
     return value
 
 
+def mix_weights(text: str) -> tuple[float, float, float, float]:
+    """argparse type: four sampling weights ``target:other:harmless:borderline`` (``,`` also separates)."""
+    parts = text.replace(",", ":").split(":")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4 or not all(math.isfinite(v) and v >= 0 for v in values) or values[0] == 0:
+        raise argparse.ArgumentTypeError(
+            f"must be four non-negative weights target:other:harmless:borderline with target > 0, not {text!r}"
+        )
+    return values  # type: ignore[return-value]
+
+
 def fraction(text: str) -> float:
     """argparse type: a number from 0 to 1."""
     value = float(text)

@@ -50,7 +50,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..atomic import atomic_write_text
-    from ..compose import Profile, export_profile, interference, merged_profile, profile_adapters, runtime_profile
+    from ..compose import (
+        Profile,
+        export_profile,
+        interference,
+        merged_profile,
+        profile_adapters,
+        runtime_profile,
+    )
 
     model = load_model_from_args(args)
     adapters = load_adapters(args.source, args.adapter, model)

@@ -82,9 +82,8 @@ def summarize(result) -> None:
 
 def execute(args: argparse.Namespace, targets: list[str] | None) -> int:
     """Load data and model, run the pipeline, print a summary."""
-    from ..pipeline import run_pipeline
-
     from ..errors import PaletteError
+    from ..pipeline import run_pipeline
 
     prompts = load_data_from_args(args)
     for t in targets or []:
