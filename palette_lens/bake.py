@@ -72,9 +72,7 @@ class BakeConfig:
         scale: s in the target ``h − s·(h·r̂) r̂`` (2.5 in the official code).
         target_mode: "neutral" (others keep ``h``) or "reinforce" (others get ``h + s·(h·r̂) r̂``).
         other_scale: under "neutral", non-target *harmful* prompts get ``h + other_scale·(h·r̂) r̂`` instead of
-            ``h`` (harmless and borderline keep ``h``): a margin that keeps composed profiles refusing. 0.25 by
-            default, with borderline prompts sampled 1:1 (``mix``): on the default model it took the
-            cyber+disinformation+hate profile's weakest domain from 65% to 75% refused (docs/bake.md).
+            ``h`` (harmless and borderline keep ``h``): a margin that keeps composed profiles refusing.
         loss: "cosine" (``1 − cos``) or "rel_mse".
         rank, alpha: LoRA rank and alpha.
         steps, batch_size, lr, weight_decay: optimisation (AdamW, warm-up then cosine decay).
@@ -94,12 +92,12 @@ class BakeConfig:
             adapters upstream in a composed profile (one that removed refusal: c = −1; one whose margin raised
             it: c > 0), so the adapter learns to act in proportion to the refusal it is given (0: off).
         input_shift_range: (low, high) of c.
-        margin_retry: when above ``other_scale`` and the kept checkpoint keeps less than
+        margin_retry: when > 0 (and ``other_scale`` is 0) and the kept checkpoint keeps less than
             ``margin_retry_below`` of some other harmful domain's first-token refusal mass on validation, the
             bake is repeated with ``other_scale = margin_retry`` and the repeat is kept if its weakest domain
             keeps more while its target's refusal mass is at most ``margin_retry_max_target`` times the first
-            bake's (the margin must not cost the target its relaxation; 0: never repeat). A fallback for targets
-            with a close neighbour: it costs one more bake there and nothing elsewhere.
+            bake's (the margin must not cost the target its relaxation; 0: never repeat). The margin is a fallback for targets with a close neighbour (hate and
+            disinformation): it costs one more bake there and nothing elsewhere.
         margin_retry_below, margin_retry_max_target: the two thresholds of that rule.
         margin_retry_borderline: the margin bake samples borderline prompts at least this share of the mix
             (the margin raises refusal around harmful prompts; borderline ones need as much weight to stay
@@ -114,7 +112,7 @@ class BakeConfig:
 
     scale: float = 2.5
     target_mode: TargetMode = "neutral"
-    other_scale: float = 0.25
+    other_scale: float = 0.0
     loss: LossKind = "cosine"
     rank: int = 8
     alpha: float = 16.0
@@ -122,7 +120,7 @@ class BakeConfig:
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
-    mix: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    mix: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 0.3)
     hard_negative_frac: float = 0.25
     hard_negative_weight: float = 3.0
     token_scope: Literal["user", "post", "all"] = "user"
@@ -213,7 +211,7 @@ def bake(
 
 
 def _needs_margin(val: dict, config: BakeConfig) -> bool:
-    return config.margin_retry > config.other_scale and val["retain_min"] < config.margin_retry_below
+    return config.margin_retry > 0 and config.other_scale == 0 and val["retain_min"] < config.margin_retry_below
 
 
 def _margin_helps(plain: dict, margin: dict, config: BakeConfig) -> bool:

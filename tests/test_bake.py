@@ -355,7 +355,7 @@ def test_margin_retry_bakes_again_only_when_a_domain_loses_refusal(tiny_qwen, to
     assert record["kept"] == ("margin" if expect is margin else "plain")
     for n in expect.adapter.module_names:
         torch.testing.assert_close(retried.adapter.lora_B[n], expect.adapter.lora_B[n], atol=1e-5, rtol=1e-4)
-    assert retried.adapter.meta["config"]["other_scale"] == (0.5 if expect is margin else cfg.other_scale)
+    assert retried.adapter.meta["config"]["other_scale"] == (0.5 if expect is margin else 0.0)
     assert retried.adapter.meta["config"]["mix"][3] == (1.0 if expect is margin else cfg.mix[3])
     # a margin bake that no longer relaxes the target enough is never kept
     strict = bake(tiny_qwen, direction, toy_prompts,
