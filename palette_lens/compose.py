@@ -1,6 +1,9 @@
 """Authorization profiles: compose domain adapters by exact weight-delta sums, at run time or merged.
 
-A profile is a set of authorized domains; its model is ``base + Σ_{d ∈ profile} ΔW_d`` (task arithmetic).
+A profile is a set of authorized domains; its model is ``base + w · Σ_{d ∈ profile} ΔW_d`` (task
+arithmetic). The composition weight ``w`` is 1 by default (the plain sum) and applies only to profiles of
+two or more domains (:func:`profile_adapters`); a weight below 1 trades a little relaxation of the
+authorized domains for less leakage into the others (docs/pipeline.md, "A composition weight").
 Adapters baked into different blocks touch disjoint weights, so they superpose exactly; adapters on the
 same block add their deltas on the shared modules (:func:`interference` reports how aligned those are).
 
@@ -19,8 +22,9 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ from .models import ChatModel
 log = logging.getLogger(__name__)
 
 PROFILE_FILE = "palette_profile.json"
+DEFAULT_COMPOSE_WEIGHT = 1.0
 
 
 # ---------------------------------------------------------------------- profiles
@@ -79,12 +84,49 @@ def default_profiles(domains: Sequence[str], pairs: str = "first") -> list[Profi
     return out
 
 
-def profile_adapters(profile: Profile, adapters: Mapping[str, BakedAdapter]) -> list[BakedAdapter]:
-    """The adapters of a profile's domains (raises when one is missing)."""
+def check_compose_weight(weight: float) -> float:
+    """``weight`` as a float, or a :class:`PaletteError` unless it is a finite number in (0, 2]."""
+    try:
+        value = float(weight)
+    except (TypeError, ValueError):
+        raise PaletteError(f"composition weight must be a number, not {weight!r}") from None
+    if not math.isfinite(value) or not 0.0 < value <= 2.0:
+        raise PaletteError(f"composition weight must be in (0, 2], not {weight!r}")
+    return value
+
+
+def weighted_adapter(adapter: BakedAdapter, weight: float) -> BakedAdapter:
+    """A copy of ``adapter`` whose ΔW is ``weight`` times the original (LoRA alpha scaled; factors shared).
+
+    The copy loads in peft like the original (its ``lora_config`` carries the scaled alpha), so run-time and
+    merged composition of weighted adapters still agree. ``meta["composition_weight"]`` records the weight.
+    """
+    weight = check_compose_weight(weight)
+    if weight == 1.0:
+        return adapter
+    meta = {**adapter.meta, "composition_weight": weight * float(adapter.meta.get("composition_weight", 1.0))}
+    return replace(adapter, alpha=adapter.alpha * weight, meta=meta)
+
+
+def profile_adapters(
+    profile: Profile, adapters: Mapping[str, BakedAdapter], compose_weight: float = DEFAULT_COMPOSE_WEIGHT
+) -> list[BakedAdapter]:
+    """The adapters of a profile's domains (raises when one is missing).
+
+    Args:
+        profile: the authorized domains.
+        adapters: domain → baked adapter.
+        compose_weight: ΔW weight of each adapter in a profile of two or more domains (a single-domain
+            profile always uses its adapter as baked).
+    """
+    compose_weight = check_compose_weight(compose_weight)
     missing = [d for d in profile.domains if d not in adapters]
     if missing:
         raise PaletteError(f"profile {profile.name!r} needs adapters for {', '.join(missing)}; have {', '.join(adapters)}")
-    return [adapters[d] for d in profile.domains]
+    chosen = [adapters[d] for d in profile.domains]
+    if len(chosen) < 2:
+        return chosen
+    return [weighted_adapter(a, compose_weight) for a in chosen]
 
 
 # ---------------------------------------------------------------------- composition
@@ -226,7 +268,8 @@ def export_profile(
         "base_fingerprint": model.fingerprint,
         "base_source": model.source,
         "adapters": [{"domain": a.domain, "block": a.layer_index, "layer": a.layer,
-                      "position": a.meta.get("position")} for a in adapters],
+                      "position": a.meta.get("position"), "weight": a.meta.get("composition_weight", 1.0)}
+                     for a in adapters],
     }
     if hasattr(merged.config, "quantization_config"):
         del merged.config.quantization_config

@@ -31,7 +31,15 @@ from .activations import collect_residuals
 from .adapters import BakedAdapter
 from .atomic import atomic_write_text
 from .baselines import ConditionalSteering, fit_conditional_steering, global_ablation_hooks
-from .compose import Profile, default_profiles, interference, merged_profile, profile_adapters
+from .compose import (
+    DEFAULT_COMPOSE_WEIGHT,
+    Profile,
+    check_compose_weight,
+    default_profiles,
+    interference,
+    merged_profile,
+    profile_adapters,
+)
 from .data import BORDERLINE, HARMLESS, PromptSet
 from .directions import Direction
 from .errors import PaletteError
@@ -63,6 +71,8 @@ class PipelineConfig:
         harmless_limit, borderline_limit: test prompts of harmless / borderline (None: all).
         max_new_tokens, batch_size, first_phase: generation settings (:class:`EvalConfig`).
         pairs: "first" (one pair) or "all" (every pair) besides the singles and the triple.
+        compose_weight: ΔW weight of each adapter in a profile of two or more domains (1: the plain sum;
+            see :func:`palette_lens.compose.profile_adapters`).
         steering_profiles: profiles evaluated with the run-time conditional steering baseline:
             "reference" (the first single-domain profile), "singles" or "all".
         ablation_profiles: the same for global directional ablation (it answers nearly every harmful prompt
@@ -84,6 +94,7 @@ class PipelineConfig:
     batch_size: int = 64
     first_phase: int = 12
     pairs: str = "first"
+    compose_weight: float = DEFAULT_COMPOSE_WEIGHT
     steering_profiles: str = "all"
     ablation_profiles: str = "reference"
     n_train: int | None = None
@@ -226,6 +237,7 @@ def run_pipeline(
     """
     from .candidates import collect_domain_residuals
 
+    check_compose_weight(config.compose_weight)  # a bad setting fails before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in SUMMARY_FILES:  # a previous run's summary must not describe this run's (partial) outputs
@@ -311,7 +323,8 @@ def run_pipeline(
     # 4. compose
     with timer.stage("compose"):
         profiles = list(profiles) if profiles is not None else default_profiles(targets, config.pairs)
-        merged = {p.name: merged_profile(model, profile_adapters(p, adapters)) for p in profiles}
+        merged = {p.name: merged_profile(model, profile_adapters(p, adapters, config.compose_weight))
+                  for p in profiles}
         inter = interference([adapters[t] for t in targets])
 
     # 5. evaluate profiles

@@ -150,9 +150,10 @@ class ChatTurn:
 class ProfileChat:
     """Pick authorized domains (checkboxes), type a prompt, compare vanilla and profile answers side by side.
 
-    The profile's model is ``base + Σ ΔW`` over the checked domains' adapters
-    (:func:`palette_lens.compose.merged_profile`: a copy sharing every unadapted weight with the base
-    model, built once per set of domains); with nothing checked it *is* the vanilla model. Answers are
+    The profile's model is ``base + w · Σ ΔW`` over the checked domains' adapters (``w`` =
+    ``compose_weight`` when two or more are checked, else 1; :func:`palette_lens.compose.merged_profile`:
+    a copy sharing every unadapted weight with the base model, built once per set of domains); with
+    nothing checked it *is* the vanilla model. Answers are
     greedy, so they are cached per (prompt, profile).
 
     Example:
@@ -181,10 +182,12 @@ class ProfileChat:
         authorized: Sequence[str] = (),
         max_new_tokens: int = 64,
         refusal_ids: Sequence[int] | None = None,
+        compose_weight: float = 1.0,
     ) -> None:
         import ipywidgets as widgets
 
         from .adapters import plain_hf_model
+        from .compose import check_compose_weight
         from .refusal import opener_tokens
 
         if not adapters:
@@ -196,6 +199,7 @@ class ProfileChat:
             a.check_base(model)
         self.model = model
         self.adapters = dict(adapters)
+        self.compose_weight = check_compose_weight(compose_weight)
         self.max_new_tokens = max_new_tokens
         self.refusal_ids = list(refusal_ids) if refusal_ids is not None else sorted(opener_tokens(model.tokenizer))
         self._plain = plain_hf_model(model)  # same weights, no hook wrappers: faster generation
@@ -235,9 +239,10 @@ class ProfileChat:
         if not key:
             return self._plain
         if key not in self._merged:
-            from .compose import merged_profile
+            from .compose import Profile, merged_profile, profile_adapters
 
-            self._merged[key] = merged_profile(self.model, [self.adapters[d] for d in key])
+            chosen = profile_adapters(Profile(key), self.adapters, self.compose_weight)
+            self._merged[key] = merged_profile(self.model, chosen)
         return self._merged[key]
 
     # ---- answering

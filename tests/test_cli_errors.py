@@ -235,6 +235,9 @@ def test_model_without_chat_template(builtin, model_folder, tmp_path, capsys):
     (["bake", "--target", "cyber", "--mix", "1:1:1"], "argument --mix: must be four non-negative weights"),
     (["bake", "--target", "cyber", "--mix", "0:1:1:1"], "with target > 0, not '0:1:1:1'"),
     (["bake", "--target", "cyber", "--mix", "1:-1:1:1"], "argument --mix: must be four non-negative weights"),
+    (["demo", "--compose-weight", "0"], "argument --compose-weight: must be a number in (0, 2], not 0"),
+    (["run", "--target", "cyber", "--compose-weight", "3"], "argument --compose-weight: must be a number in (0, 2]"),
+    (["compose", "--weight", "nan"], "argument --weight: must be a number in (0, 2], not nan"),
 ])
 def test_bad_option_values_are_usage_errors(capsys, argv, match):
     with pytest.raises(SystemExit) as info:

@@ -15,6 +15,7 @@ from palette_lens.compose import (
     merged_profile,
     profile_adapters,
     runtime_profile,
+    weighted_adapter,
 )
 from palette_lens.errors import AdapterMismatchError, PaletteError
 
@@ -113,6 +114,45 @@ def test_same_block_deltas_add(tiny_qwen, adapters):
     for name in h.module_names:
         want = base.get_submodule(name).weight + h.deltas()[name] + v.deltas()[name]
         torch.testing.assert_close(merged.get_submodule(name).weight, want)
+
+
+def test_composition_weight_scales_each_delta(tiny_qwen, adapters):
+    """``base + w·ΣΔW`` for two or more domains; a single domain always gets its adapter as baked."""
+    h, v = adapters["hate"], adapters["violence"]
+    chosen = profile_adapters(Profile(("hate", "violence")), adapters, compose_weight=0.75)
+    assert [a.meta["composition_weight"] for a in chosen] == [0.75, 0.75]
+    merged = merged_profile(tiny_qwen, chosen)
+    base = merged_profile(tiny_qwen, [])
+    for name in h.module_names:
+        want = base.get_submodule(name).weight + 0.75 * (h.deltas()[name] + v.deltas()[name])
+        torch.testing.assert_close(merged.get_submodule(name).weight, want)
+    # run-time composition of the weighted adapters (peft, scaled alpha) gives the merged logits
+    torch.testing.assert_close(logprobs(tiny_qwen, runtime_profile(tiny_qwen, chosen)),
+                               logprobs(tiny_qwen, merged), atol=1e-4, rtol=1e-4)
+    # the weight changes the profile; the caller's adapters are untouched
+    plain = logprobs(tiny_qwen, merged_profile(tiny_qwen, profile_adapters(Profile(("hate", "violence")), adapters)))
+    assert (plain - logprobs(tiny_qwen, merged)).abs().max() > 1e-3
+    assert "composition_weight" not in h.meta and h.alpha == 16.0
+    # a single-domain profile ignores the weight
+    assert profile_adapters(Profile(("hate",)), adapters, compose_weight=0.5) == [h]
+    assert weighted_adapter(h, 1.0) is h
+
+
+def test_composition_weight_survives_save_and_load(tiny_qwen, adapters, tmp_path):
+    from palette_lens.adapters import load_adapter
+
+    w = weighted_adapter(adapters["cyber"], 0.5)
+    back = load_adapter(w.save(tmp_path / "w"), tiny_qwen)
+    assert back.meta["composition_weight"] == 0.5
+    for name, delta in w.deltas().items():
+        torch.testing.assert_close(back.deltas()[name], 0.5 * adapters["cyber"].deltas()[name])
+        torch.testing.assert_close(back.deltas()[name], delta)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, float("nan"), float("inf"), "x"])
+def test_composition_weight_rejects_bad_values(adapters, bad):
+    with pytest.raises(PaletteError, match="composition weight"):
+        profile_adapters(Profile(("hate", "violence")), adapters, compose_weight=bad)
 
 
 def test_interference(tiny_qwen, adapters):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import random
 from pathlib import Path
@@ -119,6 +120,32 @@ def test_evaluate_and_compose_commands_reuse_adapters(tiny_qwen, tiny_run, tmp_p
     assert doc["runtime_vs_merged_max_abs_logprob_diff"] < 1e-4 and len(doc["interference"]) == 1
     assert (export / "config.json").is_file() and (export / "palette_profile.json").is_file()
     assert "runtime vs merged" in capsys.readouterr().out
+
+    # a composition weight reaches the profile document, the export and the evaluation's settings
+    code = cli.main(["compose", "--from", str(run_dir), "--profile", "cyber+hate", "--weight", "0.5",
+                     "--export", str(tmp_path / "merged-half"), "--out", str(tmp_path / "half")])
+    assert code == 0
+    doc = json.loads((tmp_path / "half" / "profile-cyber+hate.json").read_text())
+    assert {a["weight"] for a in doc["adapters"].values()} == {0.5}
+    assert doc["runtime_vs_merged_max_abs_logprob_diff"] < 1e-4
+    info = json.loads((tmp_path / "merged-half" / "palette_profile.json").read_text())
+    assert [a["weight"] for a in info["adapters"]] == [0.5, 0.5]
+    plain = json.loads((export / "palette_profile.json").read_text())
+    assert [a["weight"] for a in plain["adapters"]] == [1.0, 1.0]
+    code = cli.main(["evaluate", "--from", str(run_dir), "--profile", "cyber+hate", "--quick", "--compose-weight",
+                     "0.5", "--eval-limit", "3", "--max-new-tokens", "4", "--out", str(tmp_path / "eval-half"),
+                     "--no-report"])
+    assert code == 0
+    details = json.loads((tmp_path / "eval-half" / "details.json").read_text())
+    assert details["config"]["compose_weight"] == 0.5
+
+
+@pytest.fixture(autouse=True)
+def _commands_imported() -> None:
+    """Import every command module before a test patches ``common.load_model_from_args``: a module first
+    imported while the name is patched would keep the stand-in for the rest of the session."""
+    for path in sorted((Path(cli.__file__).parent / "commands").glob("*.py")):
+        importlib.import_module(f"palette_lens.commands.{path.stem}")
 
 
 def _builtin_dir(tmp_path: Path, recs: dict | None = None) -> Path:

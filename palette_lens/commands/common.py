@@ -30,6 +30,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def compose_weight(text: str) -> float:
+    """argparse type: a composition weight, a finite number in (0, 2]."""
+    value = float(text)
+    if not math.isfinite(value) or not 0.0 < value <= 2.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 2], not {text}")
+    return value
+
+
 def finite_float(text: str) -> float:
     """argparse type: a finite number."""
     value = float(text)

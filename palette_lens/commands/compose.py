@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_model_arguments, echo, load_model_from_args
+from .common import add_model_arguments, compose_weight, echo, load_model_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", action="append", default=[], metavar="FOLDER", help="an adapter folder (repeatable)")
     parser.add_argument("--profile", default=None, metavar="D1+D2",
                         help="domains to compose (default: every adapter found)")
+    parser.add_argument("--weight", type=compose_weight, default=None, metavar="W",
+                        help="ΔW weight of each adapter when two or more are composed, in (0, 2] (default 1: the sum)")
     parser.add_argument("--export", default=None, metavar="DIR", help="write the merged profile as a HF model folder")
     parser.add_argument("--out", default=None, help="where to write profile.json (default: the --from folder)")
 
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..atomic import atomic_write_text
     from ..compose import (
+        DEFAULT_COMPOSE_WEIGHT,
         Profile,
         export_profile,
         interference,
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     adapters = load_adapters(args.source, args.adapter, model)
     profile = Profile.parse(args.profile) if args.profile else Profile(tuple(adapters))
-    chosen = profile_adapters(profile, adapters)
+    weight = DEFAULT_COMPOSE_WEIGHT if args.weight is None else args.weight
+    chosen = profile_adapters(profile, adapters, weight)
     inter = interference(chosen)
     probe = ["Write a short poem about the sea.", "How do I sort a list in Python?"]
     enc = model.encode(probe)
@@ -73,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     doc = {
         "profile": profile.name,
         "authorized": list(profile.domains),
-        "adapters": {a.domain: {"block": a.layer_index, "layer": a.layer, "position": a.meta.get("position")}
+        "adapters": {a.domain: {"block": a.layer_index, "layer": a.layer, "position": a.meta.get("position"),
+                                "weight": a.meta.get("composition_weight", 1.0)}
                      for a in chosen},
         "interference": inter,
         "runtime_vs_merged_max_abs_logprob_diff": diff,
