@@ -51,7 +51,7 @@ def main() -> None:
     import torch
 
     from palette_lens.adapters import load_adapter
-    from palette_lens.compose import merged_profile
+    from palette_lens.compose import Profile, merged_profile, profile_adapters
     from palette_lens.data import load_prompts
     from palette_lens.evaluate import EvalConfig, EvalSet, Evaluator
     from palette_lens.models import load_model
@@ -63,7 +63,7 @@ def main() -> None:
     adapters = {d: load_adapter(Path(args.run_dir) / "adapters" / d, model) for d in domains}
     profiles = [[d] for d in domains] + ([domains] if len(domains) > 1 else [])
     evalset = EvalSet.build(prompts, None, "test", args.limit)
-    lms = {"+".join(p): merged_profile(model, [adapters[d] for d in p]) for p in profiles}
+    lms = {"+".join(p): merged_profile(model, profile_adapters(Profile(tuple(p)), adapters)) for p in profiles}
     auth = {"+".join(p): p for p in profiles}
     load_before = os.getloadavg()
 

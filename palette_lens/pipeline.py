@@ -71,7 +71,7 @@ class PipelineConfig:
         harmless_limit, borderline_limit: test prompts of harmless / borderline (None: all).
         max_new_tokens, batch_size, first_phase: generation settings (:class:`EvalConfig`).
         pairs: "first" (one pair) or "all" (every pair) besides the singles and the triple.
-        compose_weight: ΔW weight of each adapter in a profile of two or more domains (1: the plain sum;
+        compose_weight: ΔW weight of each adapter in a profile of two or more domains (default 0.85; 1: the plain sum;
             see :func:`palette_lens.compose.profile_adapters`).
         steering_profiles: profiles evaluated with the run-time conditional steering baseline:
             "reference" (the first single-domain profile), "singles" or "all".

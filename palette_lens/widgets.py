@@ -151,7 +151,8 @@ class ProfileChat:
     """Pick authorized domains (checkboxes), type a prompt, compare vanilla and profile answers side by side.
 
     The profile's model is ``base + w · Σ ΔW`` over the checked domains' adapters (``w`` =
-    ``compose_weight`` when two or more are checked, else 1; :func:`palette_lens.compose.merged_profile`:
+    ``compose_weight``, default :data:`palette_lens.compose.DEFAULT_COMPOSE_WEIGHT`, when two or more are
+    checked, else 1; :func:`palette_lens.compose.merged_profile`:
     a copy sharing every unadapted weight with the base model, built once per set of domains); with
     nothing checked it *is* the vanilla model. Answers are
     greedy, so they are cached per (prompt, profile).
@@ -182,12 +183,12 @@ class ProfileChat:
         authorized: Sequence[str] = (),
         max_new_tokens: int = 64,
         refusal_ids: Sequence[int] | None = None,
-        compose_weight: float = 1.0,
+        compose_weight: float | None = None,
     ) -> None:
         import ipywidgets as widgets
 
         from .adapters import plain_hf_model
-        from .compose import check_compose_weight
+        from .compose import DEFAULT_COMPOSE_WEIGHT, check_compose_weight
         from .refusal import opener_tokens
 
         if not adapters:
@@ -199,7 +200,7 @@ class ProfileChat:
             a.check_base(model)
         self.model = model
         self.adapters = dict(adapters)
-        self.compose_weight = check_compose_weight(compose_weight)
+        self.compose_weight = check_compose_weight(DEFAULT_COMPOSE_WEIGHT if compose_weight is None else compose_weight)
         self.max_new_tokens = max_new_tokens
         self.refusal_ids = list(refusal_ids) if refusal_ids is not None else sorted(opener_tokens(model.tokenizer))
         self._plain = plain_hf_model(model)  # same weights, no hook wrappers: faster generation

@@ -130,7 +130,9 @@ def test_composition_weight_scales_each_delta(tiny_qwen, adapters):
     torch.testing.assert_close(logprobs(tiny_qwen, runtime_profile(tiny_qwen, chosen)),
                                logprobs(tiny_qwen, merged), atol=1e-4, rtol=1e-4)
     # the weight changes the profile; the caller's adapters are untouched
-    plain = logprobs(tiny_qwen, merged_profile(tiny_qwen, profile_adapters(Profile(("hate", "violence")), adapters)))
+    plain_sum = profile_adapters(Profile(("hate", "violence")), adapters, compose_weight=1.0)
+    assert plain_sum == [h, v]
+    plain = logprobs(tiny_qwen, merged_profile(tiny_qwen, plain_sum))
     assert (plain - logprobs(tiny_qwen, merged)).abs().max() > 1e-3
     assert "composition_weight" not in h.meta and h.alpha == 16.0
     # a single-domain profile ignores the weight

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from palette_lens import cli
+from palette_lens.compose import DEFAULT_COMPOSE_WEIGHT
 from palette_lens.data import PromptSet, Record
 from palette_lens.floors import check_floors
 from palette_lens.pipeline import METRICS_KEYS, PipelineConfig, run_pipeline
@@ -131,7 +132,7 @@ def test_evaluate_and_compose_commands_reuse_adapters(tiny_qwen, tiny_run, tmp_p
     info = json.loads((tmp_path / "merged-half" / "palette_profile.json").read_text())
     assert [a["weight"] for a in info["adapters"]] == [0.5, 0.5]
     plain = json.loads((export / "palette_profile.json").read_text())
-    assert [a["weight"] for a in plain["adapters"]] == [1.0, 1.0]
+    assert [a["weight"] for a in plain["adapters"]] == [DEFAULT_COMPOSE_WEIGHT] * 2  # the default
     code = cli.main(["evaluate", "--from", str(run_dir), "--profile", "cyber+hate", "--quick", "--compose-weight",
                      "0.5", "--eval-limit", "3", "--max-new-tokens", "4", "--out", str(tmp_path / "eval-half"),
                      "--no-report"])

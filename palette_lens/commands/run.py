@@ -33,7 +33,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, default_out: str) ->
     parser.add_argument("--pairs", choices=["first", "all"], default=None, help="which pairs of targets to evaluate")
     parser.add_argument("--compose-weight", type=compose_weight, default=None, metavar="W",
                         help="ΔW weight of each adapter in a profile of two or more domains, in (0, 2] "
-                             "(default 1: the plain sum; 0.75 leaks less into other domains, docs/pipeline.md)")
+                             "(default 0.85, which leaks less into the other domains than 1, the plain sum; docs/pipeline.md)")
     parser.add_argument("--eval-limit", type=positive_int, default=None, help="test prompts per harmful domain")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None, help="greedy tokens per completion (default 64)")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="sequences per generation batch (default 64)")
