@@ -1,4 +1,4 @@
-"""Authorization profiles: compose domain adapters by exact weight-delta sums, at run time or merged.
+"""Authorization profiles: compose domain adapters by (weighted) sums of their weight deltas, at run time or merged.
 
 A profile is a set of authorized domains; its model is ``base + w · Σ_{d ∈ profile} ΔW_d`` (task
 arithmetic with a scaling coefficient). The composition weight ``w`` applies only to profiles of two or

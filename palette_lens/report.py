@@ -135,13 +135,16 @@ def build_report(metrics: Mapping, details: Mapping, title: str = "palette-lens 
     # summary
     lat = metrics["latency_ms_per_token"]
     ratios = {k: v / lat["vanilla"] for k, v in lat.items()} if lat.get("vanilla") else {}
+    weight = details.get("config", {}).get("compose_weight", 1.0)  # runs from before the weight existed used the plain sum
     parts.append(f"<h1>{_e(title)}</h1>")
     parts.append(
         f"<p>Model <b>{_e(metrics['model'])}</b> ({metrics['n_layers']} layers, fingerprint "
         f"<code>{_e(details.get('model', {}).get('fingerprint', ''))}</code>). Target domains: "
         f"<b>{_e(', '.join(metrics['adapters']))}</b>. All numbers on the <b>test split</b> "
         f"(greedy, {details.get('config', {}).get('max_new_tokens', '?')} new tokens, keyword judge); "
-        f"prompts per domain: {_e(', '.join(f'{k} {v}' for k, v in details.get('evaluated_n', {}).items()))}.</p>"
+        f"prompts per domain: {_e(', '.join(f'{k} {v}' for k, v in details.get('evaluated_n', {}).items()))}. "
+        f"Profiles of two or more domains are the base plus {_e(f'{weight:g}')} × the sum of their adapters' "
+        "weight deltas.</p>"
     )
     if details.get("config", {}).get("quick"):
         parts.append('<p class="muted">Quick run: few prompts per domain, so the rates are coarse (see the '

@@ -134,11 +134,11 @@ def test_evaluate_and_compose_commands_reuse_adapters(tiny_qwen, tiny_run, tmp_p
     plain = json.loads((export / "palette_profile.json").read_text())
     assert [a["weight"] for a in plain["adapters"]] == [DEFAULT_COMPOSE_WEIGHT] * 2  # the default
     code = cli.main(["evaluate", "--from", str(run_dir), "--profile", "cyber+hate", "--quick", "--compose-weight",
-                     "0.5", "--eval-limit", "3", "--max-new-tokens", "4", "--out", str(tmp_path / "eval-half"),
-                     "--no-report"])
+                     "0.5", "--eval-limit", "3", "--max-new-tokens", "4", "--out", str(tmp_path / "eval-half")])
     assert code == 0
     details = json.loads((tmp_path / "eval-half" / "details.json").read_text())
     assert details["config"]["compose_weight"] == 0.5
+    assert "base plus 0.5 × the sum" in (tmp_path / "eval-half" / "report.html").read_text()
 
 
 @pytest.fixture(autouse=True)
