@@ -96,8 +96,12 @@ class BakeConfig:
             ``margin_retry_below`` of some other harmful domain's first-token refusal mass on validation, the
             bake is repeated with ``other_scale = margin_retry`` and the repeat is kept if its weakest domain
             keeps more while its target's refusal mass is at most ``margin_retry_max_target`` times the first
-            bake's (the margin must not cost the target its relaxation; 0: never repeat). The margin is a fallback for targets with a close neighbour (hate and
-            disinformation): it costs one more bake there and nothing elsewhere.
+            bake's (the margin must not cost the target its relaxation; 0: never repeat, whatever
+            ``margin_compose`` says). The margin is a fallback for targets with a close neighbour (hate on the default model).
+        margin_compose: the margin of the repeat when the first bake keeps at least ``margin_retry_below``
+            everywhere (same keep rule; 0: bake once then). Each adapter alone leaks a little onto the other
+            harmful domains, and in a composed profile those leaks add up; a small margin on every adapter
+            meets one adapter's leak with the others' margins (docs/bake.md, "A margin for composition").
         margin_retry_below, margin_retry_max_target: the two thresholds of that rule.
         margin_retry_borderline: the margin bake samples borderline prompts at least this share of the mix
             (the margin raises refusal around harmful prompts; borderline ones need as much weight to stay
@@ -129,6 +133,7 @@ class BakeConfig:
     input_shift: float = 0.5
     input_shift_range: tuple[float, float] = (-1.0, 0.5)
     margin_retry: float = 0.5
+    margin_compose: float = 0.25
     margin_retry_below: float = 0.8
     margin_retry_max_target: float = 1.25
     margin_retry_borderline: float = 1.0
@@ -189,19 +194,20 @@ def bake(
         :class:`BakeResult` with the adapter of the best validation checkpoint.
     """
     first = _bake_once(model, direction, prompts, config, refusal_ids=refusal_ids, inputs=inputs, progress=progress)
-    if not _needs_margin(first.val, config):
+    margin = retry_margin(first.val, config)
+    if margin == 0:
         return first
-    log.info("bake %s: weakest other domain keeps %.2f of its refusal mass (< %.2f): baking again with margin %.2f",
-             direction.domain, first.val["retain_min"], config.margin_retry_below, config.margin_retry)
+    log.info("bake %s: weakest other domain keeps %.2f of its refusal mass (threshold %.2f): baking again with "
+             "margin %.2f", direction.domain, first.val["retain_min"], config.margin_retry_below, margin)
     mix = (*config.mix[:3], max(config.mix[3], config.margin_retry_borderline))
-    retry_config = replace(config, other_scale=config.margin_retry, mix=mix)
+    retry_config = replace(config, other_scale=margin, mix=mix)
     retry = _bake_once(model, direction, prompts, retry_config, refusal_ids=refusal_ids, inputs=first.inputs,
                        progress=progress)
     keep_retry = _margin_helps(first.val, retry.val, config)
     kept, other = (retry, first) if keep_retry else (first, retry)
     kept.adapter.meta["margin_retry"] = {
         "kept": "margin" if keep_retry else "plain",
-        "plain": _val_summary(first.val), "margin": _val_summary(retry.val), "margin_scale": config.margin_retry,
+        "plain": _val_summary(first.val), "margin": _val_summary(retry.val), "margin_scale": margin,
     }
     kept.timings_s = {k: kept.timings_s.get(k, 0.0) + other.timings_s.get(k, 0.0) for k in kept.timings_s}
     kept.adapter.meta["train_seconds"] = kept.timings_s["total"]
@@ -210,8 +216,16 @@ def bake(
     return kept
 
 
-def _needs_margin(val: dict, config: BakeConfig) -> bool:
-    return config.margin_retry > 0 and config.other_scale == 0 and val["retain_min"] < config.margin_retry_below
+def retry_margin(val: dict, config: BakeConfig) -> float:
+    """The margin of the repeat bake after a first bake with validation metrics ``val`` (0: no repeat).
+
+    ``margin_retry`` when some other harmful domain kept less than ``margin_retry_below`` of its refusal mass (a
+    close neighbour), ``margin_compose`` otherwise; never when the first bake already had a margin or
+    ``margin_retry`` is 0.
+    """
+    if config.other_scale != 0 or config.margin_retry == 0:
+        return 0.0
+    return config.margin_retry if val["retain_min"] < config.margin_retry_below else config.margin_compose
 
 
 def _margin_helps(plain: dict, margin: dict, config: BakeConfig) -> bool:

@@ -219,10 +219,14 @@ def build_report(metrics: Mapping, details: Mapping, title: str = "palette-lens 
     for t, a in details.get("adapters", {}).items():
         val = a.get("val") or {}
         arows.append([t, a["layer"], a["position"], a["block"], _num(a.get("train_seconds"), 1),
-                      _num(a.get("delta_norm"), 3), _num(val.get("p_target"), 3), _num(val.get("retain_mean"), 3),
-                      _num(val.get("kl_harmless"), 4)])
-    parts.append(html_table(["domain", "layer", "position", "block", "train s", "‖ΔW‖", "val target refusal mass",
-                             "val kept (mean)", "val harmless KL"], arows))
+                      _num(a.get("margin"), 2), _num(a.get("delta_norm"), 3), _num(val.get("p_target"), 3),
+                      _num(val.get("retain_mean"), 3), _num(val.get("retain_min"), 3), _num(val.get("kl_harmless"), 4)])
+    parts.append(html_table(["domain", "layer", "position", "block", "train s", "margin", "‖ΔW‖",
+                             "val target refusal mass", "val kept (mean)", "val kept (worst)", "val harmless KL"], arows))
+    parts.append('<p class="muted">margin: the refusal margin the kept bake trained on the other harmful domains '
+                 "(0: none). By default a target is baked again with 0.5 when its first bake keeps less than 0.8 of some "
+                 "domain's refusal on validation, with 0.25 otherwise (for composition), and the repeat is kept "
+                 "only if it keeps more without costing the target (docs/bake.md).</p>")
 
     # interference
     parts.append("<h2>Interference between adapters</h2>")

@@ -89,7 +89,8 @@ def build_documents(
         "adapters": {
             t: {"block": a.layer_index, "layer": a.layer, "position": a.meta.get("position"),
                 "train_seconds": a.meta.get("train_seconds"), "val": a.meta.get("metrics", {}).get("val_first_token"),
-                "delta_norm": a.delta_norm()}
+                "delta_norm": a.delta_norm(), "margin": (a.meta.get("config") or {}).get("other_scale"),
+                "margin_retry": a.meta.get("margin_retry")}
             for t, a in adapters.items() if t in targets
         },
         "search": searches,

@@ -335,9 +335,10 @@ def test_margin_retry_bakes_again_only_when_a_domain_loses_refusal(tiny_qwen, to
     cfg = BakeConfig(steps=6, eval_every=0, batch_size=4, margin_retry=0.0)  # 0: the option off
     plain = bake(tiny_qwen, direction, toy_prompts, cfg, progress=False)
     assert "margin_retry" not in plain.adapter.meta
-    # threshold 0: never below it, so no second bake and the same adapter as without the option
-    never = bake(tiny_qwen, direction, toy_prompts, replace(cfg, margin_retry=0.5, margin_retry_below=0.0),
-                 progress=False)
+    # threshold 0 and no composition margin: never below it, so no second bake and the same adapter as without
+    # the option
+    never = bake(tiny_qwen, direction, toy_prompts,
+                 replace(cfg, margin_retry=0.5, margin_retry_below=0.0, margin_compose=0.0), progress=False)
     assert "margin_retry" not in never.adapter.meta
     for n in plain.adapter.module_names:
         assert torch.equal(never.adapter.lora_B[n], plain.adapter.lora_B[n])
@@ -362,6 +363,33 @@ def test_margin_retry_bakes_again_only_when_a_domain_loses_refusal(tiny_qwen, to
                   replace(cfg, margin_retry=0.5, margin_retry_below=10.0, margin_retry_max_target=0.0),
                   progress=False)
     assert strict.adapter.meta["margin_retry"]["kept"] == "plain"
+
+
+def test_retry_margin_is_the_fallback_below_the_threshold_and_the_composition_margin_above():
+    from palette_lens.bake import retry_margin
+
+    cfg = BakeConfig()
+    assert retry_margin({"retain_min": 0.79}, cfg) == cfg.margin_retry == 0.5
+    assert retry_margin({"retain_min": 0.8}, cfg) == cfg.margin_compose == 0.25
+    assert retry_margin({"retain_min": 0.95}, replace(cfg, margin_compose=0.0)) == 0.0
+    assert retry_margin({"retain_min": 0.5}, replace(cfg, margin_retry=0.0)) == 0.0  # 0: the whole rule off
+    assert retry_margin({"retain_min": 0.5}, replace(cfg, other_scale=0.25)) == 0.0  # a margin bake already
+
+
+def test_composition_margin_bakes_again_above_the_threshold(tiny_qwen, toy_prompts):
+    direction = toy_direction(tiny_qwen, toy_prompts)
+    cfg = BakeConfig(steps=6, eval_every=0, batch_size=4, margin_retry_below=0.0, margin_retry_max_target=1e6)
+    plain = bake(tiny_qwen, direction, toy_prompts, replace(cfg, margin_retry=0.0), progress=False)
+    composed = bake(tiny_qwen, direction, toy_prompts, cfg, progress=False)
+    record = composed.adapter.meta["margin_retry"]
+    assert record["margin_scale"] == cfg.margin_compose == 0.25
+    assert record["plain"]["retain_min"] == pytest.approx(plain.val["retain_min"])
+    margin = bake(tiny_qwen, direction, toy_prompts, replace(cfg, other_scale=0.25, mix=(*cfg.mix[:3], 1.0)),
+                  progress=False)
+    assert record["margin"]["retain_min"] == pytest.approx(margin.val["retain_min"])
+    kept = "margin" if margin.val["retain_min"] > plain.val["retain_min"] else "plain"
+    assert record["kept"] == kept
+    assert composed.adapter.meta["config"]["other_scale"] == (0.25 if kept == "margin" else 0.0)
 
 
 def test_generated_selectivity_rewards_relaxing_the_target_and_keeping_the_rest():

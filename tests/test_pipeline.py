@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from palette_lens import cli
+from palette_lens.adapters import load_adapter
 from palette_lens.compose import DEFAULT_COMPOSE_WEIGHT
 from palette_lens.data import PromptSet, Record
 from palette_lens.floors import check_floors
@@ -91,10 +92,15 @@ def test_pipeline_on_tiny_model(tiny_qwen, tiny_run):
         assert (tmp_path / "directions" / f"{t}.safetensors").is_file()
         assert (tmp_path / "search" / f"{t}.json").is_file()
         PeftModel.from_pretrained(plain_hf_model(tiny_qwen), tmp_path / "adapters" / t)
+        # which bake was kept (plain or with a margin) reaches details.json
+        meta = load_adapter(tmp_path / "adapters" / t).meta
+        assert details["adapters"][t]["margin"] == meta["config"]["other_scale"]
+        assert details["adapters"][t]["margin_retry"] == meta.get("margin_retry")
     assert (tmp_path / "baseline.md").read_text().startswith("| domain |")
     page = (tmp_path / "report.html").read_text()
     assert "Plotly" in page and "<script src=" not in page  # plotly.js inlined, no network needed
     assert 'id="fig-leakage"' in page and "Example completions" in page
+    assert "val kept (worst)" in page and "margin the kept bake trained" in page
     assert not [p for p in tmp_path.rglob(".*") if p.name.endswith(".tmp")]  # nothing half-written
 
 

@@ -69,7 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{d.margin_retry_borderline:g}")
     parser.add_argument("--margin-retry", type=finite_float, default=d.margin_retry,
                         help="margin of the second bake for a target whose weakest other domain keeps less than "
-                        f"{d.margin_retry_below} of its refusal (validation); 0: bake once (default {d.margin_retry})")
+                        f"{d.margin_retry_below} of its refusal (validation); 0: bake once, no margin at all "
+                        f"(default {d.margin_retry})")
+    parser.add_argument("--margin-compose", type=finite_float, default=d.margin_compose,
+                        help="margin of the second bake for every other target (kept only if it keeps more of the "
+                        f"other domains without costing the target); 0: bake those once (default {d.margin_compose})")
     parser.add_argument("--generation-check", type=non_negative_int, default=d.generation_check, metavar="K",
                         help="generate the validation prompts with the K most selective checkpoints and keep the best "
                         f"by generated refusal (default {d.generation_check}: first-token scores only)")
@@ -134,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     config = BakeConfig(
         scale=args.scale, target_mode=args.target_mode, loss=args.loss, steps=args.steps, lr=args.lr,
         rank=args.rank, alpha=args.alpha, other_scale=args.other_scale, mix=args.mix, margin_retry=args.margin_retry,
-        generation_check=args.generation_check,
+        margin_compose=args.margin_compose, generation_check=args.generation_check,
         adversarial_negatives=args.adversarial_negatives, input_shift=args.input_shift,
     )
     result = bake(model, direction, prompts, config)
