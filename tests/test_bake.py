@@ -481,14 +481,15 @@ def test_bake_command_writes_adapter_folder(tiny_qwen, toy_prompts, tmp_path, mo
     direction.save(tmp_path / "dirs", "cyber")
     out = tmp_path / "out"
     code = main(["bake", "--target", "cyber", "--model", str(model_dir), "--direction", str(tmp_path / "dirs" / "cyber.json"),
-                 "--steps", "4", "--input-shift", "0.5", "--margin-retry", "0", "--generation-check", "2", "--mix", "1,1,1,1",
-                 "--out", str(out)])
+                 "--steps", "4", "--input-shift", "0.5", "--margin-retry", "0", "--margin-compose", "0.125",
+                 "--generation-check", "2", "--mix", "1,1,1,1", "--out", str(out)])
     assert code == 0
     folder = out / "adapters" / "cyber"
     assert (folder / "bake.json").is_file() and (folder / "inspect.html").is_file()
     adapter = load_adapter(folder)
     assert adapter.layer_index == 1 and adapter.meta["domain"] == "cyber"
     assert adapter.meta["config"]["input_shift"] == 0.5 and adapter.meta["config"]["margin_retry"] == 0.0
+    assert adapter.meta["config"]["margin_compose"] == 0.125 and "margin_retry" not in adapter.meta  # rule off
     assert list(adapter.meta["config"]["mix"]) == [1.0, 1.0, 1.0, 1.0]
     assert adapter.meta["metrics"]["val_generation"]["kept_step"] == adapter.meta["best_step"]
     code = main(["bake", "--target", "cyber", "--model", str(model_dir), "--direction", str(tmp_path / "dirs" / "cyber.json"),
