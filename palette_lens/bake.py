@@ -44,6 +44,7 @@ from .bake_data import (  # noqa: F401 - re-exported: the bake's data and valida
     default_refusal_ids,
     validation_metrics,
 )
+from .bake_margin import margin_helps, retry_margin, val_summary
 from .bake_targets import (
     LossKind,
     TargetMode,
@@ -203,39 +204,17 @@ def bake(
     retry_config = replace(config, other_scale=margin, mix=mix)
     retry = _bake_once(model, direction, prompts, retry_config, refusal_ids=refusal_ids, inputs=first.inputs,
                        progress=progress)
-    keep_retry = _margin_helps(first.val, retry.val, config)
+    keep_retry = margin_helps(first.val, retry.val, config)
     kept, other = (retry, first) if keep_retry else (first, retry)
     kept.adapter.meta["margin_retry"] = {
         "kept": "margin" if keep_retry else "plain",
-        "plain": _val_summary(first.val), "margin": _val_summary(retry.val), "margin_scale": margin,
+        "plain": val_summary(first.val), "margin": val_summary(retry.val), "margin_scale": margin,
     }
     kept.timings_s = {k: kept.timings_s.get(k, 0.0) + other.timings_s.get(k, 0.0) for k in kept.timings_s}
     kept.adapter.meta["train_seconds"] = kept.timings_s["total"]
     log.info("bake %s: kept the %s bake (weakest other domain %.2f vs %.2f)", direction.domain,
              "margin" if keep_retry else "plain", kept.val["retain_min"], other.val["retain_min"])
     return kept
-
-
-def retry_margin(val: dict, config: BakeConfig) -> float:
-    """The margin of the repeat bake after a first bake with validation metrics ``val`` (0: no repeat).
-
-    ``margin_retry`` when some other harmful domain kept less than ``margin_retry_below`` of its refusal mass (a
-    close neighbour), ``margin_compose`` otherwise; never when the first bake already had a margin or
-    ``margin_retry`` is 0.
-    """
-    if config.other_scale != 0 or config.margin_retry == 0:
-        return 0.0
-    return config.margin_retry if val["retain_min"] < config.margin_retry_below else config.margin_compose
-
-
-def _margin_helps(plain: dict, margin: dict, config: BakeConfig) -> bool:
-    kept_more = margin["retain_min"] > plain["retain_min"]
-    return kept_more and margin["p_target"] <= config.margin_retry_max_target * plain["p_target"]
-
-
-def _val_summary(val: dict) -> dict:
-    return {"p_target": val["p_target"], "p_target_base": val["p_target_base"], "retain_min": val["retain_min"],
-            "retain_mean": val["retain_mean"], "kl_harmless": val["kl_harmless"]}
 
 
 def _bake_once(
