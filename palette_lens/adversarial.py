@@ -134,6 +134,7 @@ def measure_leakage(
     cache: bool | str | Path = False,
     professions: Mapping[str, Sequence[str]] | None = None,
     progress: bool = True,
+    gates: Mapping[str, Any] | None = None,
 ) -> LeakageTable:
     """Non-target refusal of each profile under adversarial prompts, against vanilla on the same prompts.
 
@@ -150,6 +151,8 @@ def measure_leakage(
         cache: passed to :class:`palette_lens.evaluate.Evaluator` (vanilla generations on disk).
         professions: overrides of :data:`PROFESSIONS`.
         progress: a progress bar over profiles.
+        gates: profile name → a :class:`palette_lens.gate.DomainGate`: that profile answers only the prompts its
+            gate opens for and vanilla answers the rest (the share opened per attack is in ``settings``).
 
     Returns:
         a :class:`LeakageTable` with one row per profile × attack kind.
@@ -170,6 +173,7 @@ def measure_leakage(
     target_rows: list[LeakageRow] = []
     records: list[dict] = []
     bar = tqdm(total=len(profiles), desc="leakage", disable=not progress)
+    gate_opened: dict[str, dict[str, float]] = {}
     for auth, names in groups.items():
         attacks = attacks_from_prompt_set(prompts, auth, config.kinds, config.limit, config.seed, config.split,
                                           config.mixed_order, professions)
@@ -186,8 +190,13 @@ def measure_leakage(
                  {k: f"{_rate(sum(v), len(v)):.0%}" for k, v in vanilla.items()})
         for name in names:
             lm = profile_lm(model, profiles[name])
+            gate = (gates or {}).get(name)
+            opens = gate.opens(model, evalset.flat()[0]) if gate is not None else None
             # the evalset key of the target requests counts as authorized, so they are generated afresh
-            relaxed = evaluator.evaluate_lm(name, lm, (*auth, TARGET_KEY), kind="merged").refused
+            result = evaluator.evaluate_lm(name, lm, (*auth, TARGET_KEY), kind="merged", opens=opens)
+            relaxed = result.refused
+            if opens is not None:
+                gate_opened[name] = result.extra["gate_opened"]
             del lm
             if own:
                 target_rows.append(LeakageRow.from_flags(name, auth, "target", own, vanilla[TARGET_KEY],
@@ -205,4 +214,7 @@ def measure_leakage(
     bar.close()
     settings = {"attack": config.to_dict(), "generation": asdict(eval_config),
                 "authorized": {n: list(a) for a, ns in groups.items() for n in ns}}
+    if gates:
+        settings["gates"] = {n: g.meta() for n, g in gates.items() if n in profiles}
+        settings["gate_opened"] = gate_opened
     return LeakageTable(rows, getattr(model, "name", ""), settings, records, target_rows)

@@ -189,14 +189,27 @@ class Evaluator:
             log.info("vanilla: %d prompts, %d tokens in %.1fs", len(prompts), sum(gen.n_tokens), gen.seconds)
         return self._vanilla
 
-    def evaluate_lm(self, name: str, lm: Any, authorized: Sequence[str], kind: str = "merged") -> VariantResult:
+    def evaluate_lm(
+        self, name: str, lm: Any, authorized: Sequence[str], kind: str = "merged", opens: Sequence[bool] | None = None
+    ) -> VariantResult:
         """A variant given as another HF model sharing the tokenizer (e.g. a merged profile).
 
         With ``config.use_drafts``, prompts outside ``authorized`` are evaluated by checking the vanilla
         completion as a draft (:func:`generate_with_drafts`); authorized-domain prompts are generated.
+        With ``opens`` (per prompt in :meth:`EvalSet.flat` order, e.g. a :class:`palette_lens.gate.DomainGate`'s
+        decisions) only the open prompts go to ``lm``; the others keep their vanilla completion.
         """
         self.vanilla()
         prompts, doms = self.evalset.flat()
+        if opens is not None:
+            if len(opens) != len(prompts):
+                raise ValueError(f"{len(opens)} gate decisions for {len(prompts)} prompts")
+            idx = [i for i, o in enumerate(opens) if o]
+            t0 = time.perf_counter()
+            parts = [(idx, self._generate([prompts[i] for i in idx], [doms[i] for i in idx], name, lm=lm))] if idx else []
+            res = self._result(name, kind, authorized, self._spliced(parts, t0), doms, prompts)
+            res.extra["gate_opened"] = self._share_by_domain(opens, doms)
+            return res
         if self.config.use_drafts and self._vanilla_gen is not None and self._vanilla_gen.token_ids:
             auth = set(authorized)
             gen = generate_with_drafts(
@@ -263,32 +276,45 @@ class Evaluator:
         conditional steering is evaluated: the condition is decided on the prompt, then the steering
         hooks apply to that sequence for the whole generation.
         """
-        van = self.vanilla()
+        self.vanilla()
         prompts, doms = self.evalset.flat()
         assert self._vanilla_gen is not None
         if len(routes) != len(prompts):
             raise ValueError(f"{len(routes)} routes for {len(prompts)} prompts")
+        t0 = time.perf_counter()
+        parts = []
+        for key in dict.fromkeys(r for r in routes if r is not None):
+            idx = [i for i, r in enumerate(routes) if r == key]
+            parts.append((idx, self._generate(
+                [prompts[i] for i in idx], [doms[i] for i in idx], f"{name} [{key}]", hooks=hooks_for(key)
+            )))
+        res = self._result(name, kind, authorized, self._spliced(parts, t0), doms, prompts)
+        res.extra["condition_fired"] = self._share_by_domain([r is not None for r in routes], doms)
+        return res
+
+    def _spliced(self, parts: Sequence[tuple[list[int], Generations]], t0: float) -> Generations:
+        """Vanilla's generations with the rows ``idx`` of each ``(idx, generations)`` part replaced by that part's."""
+        assert self._vanilla_gen is not None
         texts = list(self._vanilla_gen.texts)
         n_tok = list(self._vanilla_gen.n_tokens)
         scores = self._vanilla_gen.first_scores.clone() if self._vanilla_gen.first_scores is not None else None
         lps = dict(self._vanilla_lp)
-        t0 = time.perf_counter()
-        for key in dict.fromkeys(r for r in routes if r is not None):
-            idx = [i for i, r in enumerate(routes) if r == key]
-            gen = self._generate(
-                [prompts[i] for i in idx], [doms[i] for i in idx], f"{name} [{key}]", hooks=hooks_for(key)
-            )
+        for idx, gen in parts:
             for j, i in enumerate(idx):
                 texts[i], n_tok[i] = gen.texts[j], gen.n_tokens[j]
                 if scores is not None and gen.first_scores is not None:
                     scores[i] = gen.first_scores[j]
                 if j in gen.first_logprobs:
                     lps[i] = gen.first_logprobs[j]
-        merged = Generations(texts, n_tok, scores, {i: lps[i] for i, d in enumerate(doms) if d == HARMLESS},
-                             time.perf_counter() - t0)
-        res = self._result(name, kind, authorized, merged, doms, prompts)
-        fired = {d: 0 for d in self.evalset.domains}
-        for r, d in zip(routes, doms):
-            fired[d] += r is not None
-        res.extra["condition_fired"] = {d: fired[d] / max(1, len(van.texts[d])) for d in fired}
-        return res
+        _, doms = self.evalset.flat()
+        return Generations(texts, n_tok, scores, {i: lps[i] for i, d in enumerate(doms) if d == HARMLESS},
+                           time.perf_counter() - t0)
+
+    def _share_by_domain(self, flags: Sequence[bool], doms: Sequence[str]) -> dict[str, float]:
+        """Per domain, the share of its prompts whose flag is set."""
+        hit = {d: 0 for d in self.evalset.domains}
+        total = {d: 0 for d in self.evalset.domains}
+        for f, d in zip(flags, doms):
+            hit[d] += bool(f)
+            total[d] += 1
+        return {d: hit[d] / max(1, total[d]) for d in hit}

@@ -3,7 +3,9 @@
 Reads the adapters of a finished run folder (``DIR/adapters/<domain>/``), builds for each profile the
 non-target test prompts framed as its profession, wrapped in role-play templates and mixed with a target
 request (:mod:`palette_lens.adversarial`), and compares the merged profile's refusal with vanilla's on the same
-prompts. Writes ``leakage.md`` and ``leakage.json`` (default: into ``DIR``).
+prompts. Writes ``leakage.md`` and ``leakage.json`` (default: into ``DIR``). With ``--gate`` each profile is also
+measured behind a domain gate (:mod:`palette_lens.gate`; rows ``<domain> gated``, the gates saved under ``gates/``
+next to the table).
 """
 
 from __future__ import annotations
@@ -46,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, metavar="FILE.md",
                         help="the Markdown table (default DIR/leakage.md); the JSON goes next to it (.json)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write cached vanilla generations")
+    parser.add_argument("--gate", action="store_true",
+                        help="also measure each profile behind a domain gate (palette_lens.gate): a probe trained on "
+                             "the train prompts decides per prompt whether the adapter answers; rows '<domain> gated'")
+    parser.add_argument("--gate-layer", type=int, default=None, metavar="L",
+                        help="the layer the gate reads (default: two thirds of the way through the model)")
+    parser.add_argument("--gate-threshold", type=float, default=0.3, metavar="P",
+                        help="the gate opens above this probability (default 0.3)")
 
 
 def _run_settings(folder: Path) -> tuple[dict, str | None]:
@@ -70,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import atomic_write_text
     from ..errors import PaletteError
     from ..evaluate import EvalConfig
+    from ..gate import GateConfig, fit_gate
     from ..runs import load_run, run_domains
 
     # everything that can be checked without the model first
@@ -112,10 +122,21 @@ def run(args: argparse.Namespace) -> int:
     )
     config = AttackConfig(kinds=kinds, limit=args.limit, seed=args.attack_seed, mixed_order=args.mixed_order)
 
+    gate_config = GateConfig(layer=args.gate_layer, threshold=args.gate_threshold) if args.gate else None
+
     model = load_model_from_args(args)
     artifacts = load_run(folder, model, wanted)
-    table = measure_leakage(model, prompts, {d: artifacts.adapters[d] for d in wanted}, config, eval_config,
-                            cache=not args.no_cache)
+    profiles = {d: artifacts.adapters[d] for d in wanted}
+    authorized = {d: (d,) for d in wanted}
+    gates = {}
+    if gate_config is not None:
+        for d in wanted:
+            gate = fit_gate(model, prompts, (d,), gate_config)
+            gate.save(out_md.parent / "gates" / d)
+            name = f"{d} gated"
+            profiles[name], authorized[name], gates[name] = artifacts.adapters[d], (d,), gate
+    table = measure_leakage(model, prompts, profiles, config, eval_config, cache=not args.no_cache,
+                            authorized=authorized, gates=gates)
     table.settings["run_folder"] = str(folder)
     table.settings["data_hash"] = prompts.data_hash()
     atomic_write_text(out_json, json.dumps(table.to_dict(), indent=1))

@@ -1,0 +1,279 @@
+"""A domain gate: a profile's adapters answer only prompts read as a request of an authorized domain.
+
+A baked adapter decides from one block's input whether a prompt belongs to its domain, and wrapped requests of
+other domains (framed as the authorized profession, role-play, or put beside an authorized request) fool it
+(``docs/leakage.md``). The gate is a second, separate decision taken on the prompt before generation: a
+logistic probe on the base model's residual stream at one layer, trained on the authorized domains' train
+prompts (open) against every other domain's (closed) — harmful, harmless and borderline — and against
+adversarial variants of the other harmful domains' train prompts built with the bake's *training* templates
+(:mod:`palette_lens.bake_augment`; the templates the leakage measurement uses stay unseen). When the gate stays
+closed the prompt is answered by the base model, so every closed prompt behaves exactly as vanilla; what the
+gate can cost is relaxation on authorized prompts it fails to open for (measured beside the leakage).
+
+This is conditional activation steering's idea (a condition read from the prompt decides whether the behaviour
+change applies) put in front of a baked adapter. The probe's parameters are plain tensors saved as safetensors
+with a content hash (no pickle); the gate records the base model's fingerprint and refuses another model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .activations import collect_residuals
+from .data import PromptSet
+from .errors import PaletteError
+from .models import ChatModel
+
+log = logging.getLogger(__name__)
+
+GATE_FILE = "gate.safetensors"
+GATE_META = "gate.json"
+FEATURES = ("mean", "last")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """How a gate is trained.
+
+    Attributes:
+        layer: the layer whose ``resid_pre`` the probe reads (None: :func:`default_gate_layer`).
+        feature: "mean" of the post-instruction positions, or the "last" one.
+        C: inverse L2 strength of the logistic regression (features are standardised first).
+        threshold: the gate opens when the probe's probability of "authorized" exceeds this.
+        parts: split parts the gate trains on (the test split is never used).
+        adversarial: also train on adversarial variants (training templates) of the other harmful domains'
+            prompts as closed examples.
+        seed: seed of the variants.
+    """
+
+    layer: int | None = None
+    feature: str = "mean"
+    C: float = 0.05
+    threshold: float = 0.3
+    parts: tuple[str, ...] = ("train", "val")
+    adversarial: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.feature not in FEATURES:
+            raise PaletteError(f"gate feature must be one of {', '.join(FEATURES)}, not {self.feature!r}")
+        if not 0.0 < self.threshold < 1.0:
+            raise PaletteError(f"gate threshold must lie in (0, 1), not {self.threshold}")
+        if self.C <= 0:
+            raise PaletteError(f"gate C must be positive, not {self.C}")
+
+
+def default_gate_layer(model: ChatModel) -> int:
+    """A quarter of the way through the model (layer 6 of 24 on the default model).
+
+    On the default model a probe at layer 6 separated the wrapped non-target requests as well as one at layers
+    10, 14 or 18 did (docs/leakage.md, "A domain gate"), and an early layer keeps the gate's forward pass short.
+    """
+    return max(0, min(model.n_layers - 1, model.n_layers // 4))
+
+
+@dataclass
+class DomainGate:
+    """A logistic probe deciding, per prompt, whether a profile's adapters apply.
+
+    ``p(open) = σ(w · (x − centre) / scale + bias)`` with x the ``resid_pre`` of ``layer`` (mean over the
+    post-instruction positions, or the last one).
+
+    Attributes:
+        domains: the authorized domains it opens for.
+        layer, feature: where and how it reads the residual stream.
+        centre, scale: [d_model] standardisation of the features.
+        weight: [d_model] probe weights; bias: its intercept.
+        threshold: opens when ``p(open) > threshold``.
+        base_fingerprint: the base model's weights fingerprint.
+        calibration: accuracies on the training prompts and the counts used.
+    """
+
+    domains: tuple[str, ...]
+    layer: int
+    feature: str
+    centre: torch.Tensor
+    scale: torch.Tensor
+    weight: torch.Tensor
+    bias: float
+    threshold: float
+    base_fingerprint: str
+    calibration: dict = field(default_factory=dict)
+
+    # ---- deciding
+    def features(self, model: ChatModel, prompts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """The probe's inputs: [n_prompts, d_model] (float32)."""
+        self.check_model(model)
+        return gate_features(model, prompts, self.layer, self.feature, batch_size)
+
+    def probability(self, x: torch.Tensor) -> torch.Tensor:
+        """[n, d_model] features → [n] probability that the prompt is an authorized request."""
+        z = ((x.float() - self.centre) / self.scale) @ self.weight + self.bias
+        return torch.sigmoid(z)
+
+    def opens(self, model: ChatModel, prompts: Sequence[str], batch_size: int = 32) -> list[bool]:
+        """Per prompt, whether the adapters apply (one forward pass to ``layer``)."""
+        if not prompts:
+            return []
+        return (self.probability(self.features(model, prompts, batch_size)) > self.threshold).tolist()
+
+    def check_model(self, model: ChatModel) -> None:
+        """Raise a clear error when ``model`` is not the base model the gate was trained on."""
+        if self.base_fingerprint and model.fingerprint != self.base_fingerprint:
+            raise PaletteError(
+                f"this gate was trained on a model with fingerprint {self.base_fingerprint}, but the model given "
+                f"is {model.name!r} (fingerprint {model.fingerprint}); train the gate again for this model"
+            )
+
+    # ---- saving
+    def meta(self) -> dict:
+        """JSON-serialisable description (everything but the tensors)."""
+        return {
+            "domains": list(self.domains), "layer": self.layer, "feature": self.feature, "bias": self.bias,
+            "threshold": self.threshold, "base_fingerprint": self.base_fingerprint, "calibration": self.calibration,
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``gate.safetensors`` (content-hashed) and ``gate.json`` into ``folder`` (atomically)."""
+        from .atomic import atomic_write_text
+        from .integrity import save_checked
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_checked(folder / GATE_FILE, {"centre": self.centre, "scale": self.scale, "weight": self.weight},
+                     {"palette_lens": "gate"})
+        atomic_write_text(folder / GATE_META, json.dumps(self.meta(), indent=1))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, model: ChatModel | None = None) -> DomainGate:
+        """Read a saved gate; with ``model`` also check that it was trained on that base model."""
+        from .integrity import load_checked
+
+        folder = Path(folder)
+        meta_path, tensor_path = folder / GATE_META, folder / GATE_FILE
+        if not meta_path.is_file() or not tensor_path.is_file():
+            raise PaletteError(f"{folder} holds no gate (expected {GATE_META} and {GATE_FILE})")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            loaded = load_checked(tensor_path)
+            if loaded is None:
+                raise ValueError("unreadable, truncated or altered")
+            tensors = loaded[0]
+            gate = cls(
+                tuple(meta["domains"]), int(meta["layer"]), str(meta["feature"]), tensors["centre"].float(),
+                tensors["scale"].float(), tensors["weight"].float(), float(meta["bias"]), float(meta["threshold"]),
+                str(meta.get("base_fingerprint", "")), dict(meta.get("calibration") or {}),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PaletteError(f"the gate in {folder} is damaged ({exc}); train it again") from exc
+        if not (gate.centre.shape == gate.scale.shape == gate.weight.shape and gate.weight.dim() == 1):
+            raise PaletteError(f"the gate in {folder} is damaged (tensor shapes differ); train it again")
+        if model is not None:
+            gate.check_model(model)
+        return gate
+
+
+def gate_features(model: ChatModel, prompts: Sequence[str], layer: int, feature: str = "mean",
+                  batch_size: int = 32) -> torch.Tensor:
+    """``resid_pre`` of ``layer`` per prompt, mean over the post-instruction positions or the last: [n, d_model]."""
+    if not 0 <= layer < model.n_layers:
+        raise PaletteError(f"gate layer {layer} is outside the model's 0..{model.n_layers - 1}")
+    res = collect_residuals(model, list(prompts), layers=[layer], positions=model.positions,
+                            batch_size=batch_size, desc="gate")
+    x = res.vectors[:, 0]  # [n, n_positions, d_model]
+    return x.mean(1) if feature == "mean" else x[:, -1]
+
+
+def gate_training_prompts(
+    prompts: PromptSet, domains: Sequence[str], config: GateConfig = GateConfig()
+) -> tuple[list[str], list[int]]:
+    """The gate's training prompts and labels (1: open, an authorized request; 0: closed).
+
+    Open: the authorized domains' prompts of ``config.parts``. Closed: every other domain's (harmful, harmless,
+    borderline), and with ``config.adversarial`` one adversarial variant (training templates) of every other
+    harmful domain's prompt.
+    """
+    from .bake_augment import adversarial_negatives
+
+    domains = tuple(domains)
+    if not domains:
+        raise PaletteError("a gate needs at least one authorized domain")
+    for d in domains:
+        prompts.check_domain(d)
+        if d not in prompts.harmful_domains:
+            raise PaletteError(f"a gate opens for harmful domains, not {d!r}")
+    texts: list[str] = []
+    labels: list[int] = []
+    for part in config.parts:
+        for d in prompts.domains:
+            ps = prompts.part(d, part)
+            texts += ps
+            labels += [int(d in domains)] * len(ps)
+        if config.adversarial:
+            for variants in adversarial_negatives(prompts, domains, seed=config.seed, split=part).values():
+                texts += variants
+                labels += [0] * len(variants)
+    if not any(labels) or all(labels):
+        raise PaletteError("a gate needs both authorized and other prompts to train on")
+    return texts, labels
+
+
+def fit_gate(
+    model: ChatModel, prompts: PromptSet, domains: Sequence[str], config: GateConfig = GateConfig(),
+    batch_size: int = 32,
+) -> DomainGate:
+    """Train a :class:`DomainGate` for ``domains`` on the prompt set's train (and validation) prompts."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    texts, labels = gate_training_prompts(prompts, domains, config)
+    layer = default_gate_layer(model) if config.layer is None else config.layer
+    x = gate_features(model, texts, layer, config.feature, batch_size)  # [n, d_model]
+    centre = x.mean(0)
+    scale = x.std(0).clamp_min(1e-6)
+    z = ((x - centre) / scale).numpy().astype(np.float64)
+    y = np.asarray(labels)
+    clf = LogisticRegression(C=config.C, class_weight="balanced", max_iter=5000)
+    clf.fit(z, y)
+    gate = DomainGate(
+        tuple(domains), layer, config.feature, centre, scale, torch.tensor(clf.coef_[0], dtype=torch.float32),
+        float(clf.intercept_[0]), config.threshold, model.fingerprint,
+    )
+    opened = (gate.probability(x) > config.threshold).numpy()
+    pos, neg = y == 1, y == 0
+    gate.calibration = {
+        "tpr": float(opened[pos].mean()), "tnr": float((~opened[neg]).mean()),
+        "n_open": int(pos.sum()), "n_closed": int(neg.sum()), "config": asdict(config) | {"layer": layer},
+    }
+    log.info("gate for %s at layer %d (%s): train tpr %.2f, tnr %.2f on %d / %d prompts", "+".join(domains), layer,
+             config.feature, gate.calibration["tpr"], gate.calibration["tnr"], int(pos.sum()), int(neg.sum()))
+    return gate
+
+
+def generate_gated(
+    model: ChatModel, lm: Any, gate: DomainGate, prompts: Sequence[str], max_new_tokens: int = 64,
+    batch_size: int = 16,
+) -> tuple[list[str], list[bool]]:
+    """Greedy answers of a gated profile: ``lm`` (e.g. a merged profile) where the gate opens, the base model
+    elsewhere. Returns (answers, opened) in the order of ``prompts``."""
+    from .adapters import plain_hf_model
+    from .generation import generate_completions
+
+    opened = gate.opens(model, prompts, batch_size)
+    answers = [""] * len(prompts)
+    for flag, variant in ((True, lm), (False, plain_hf_model(model))):
+        idx = [i for i, o in enumerate(opened) if o == flag]
+        if idx:
+            gen = generate_completions(model, [prompts[i] for i in idx], lm=variant, max_new_tokens=max_new_tokens,
+                                       batch_size=batch_size, desc="gated" if flag else "closed")
+            for j, i in enumerate(idx):
+                answers[i] = gen.texts[j]
+    return answers, opened
