@@ -39,6 +39,7 @@ from .models import ChatModel
 log = logging.getLogger(__name__)
 
 PROFILE_FILE = "palette_profile.json"
+GATE_FOLDER = "palette_gate"
 DEFAULT_COMPOSE_WEIGHT = 0.85  # measured on the default model: docs/pipeline.md
 
 
@@ -251,13 +252,16 @@ def leakage_matrix(
 
 # ---------------------------------------------------------------------- export
 def export_profile(
-    model: ChatModel, adapters: Sequence[BakedAdapter], folder: str | Path, profile: Profile | None = None
+    model: ChatModel, adapters: Sequence[BakedAdapter], folder: str | Path, profile: Profile | None = None,
+    gate: Any = None,
 ) -> Path:
     """Write the merged profile as a plain Hugging Face model folder (weights, config, tokenizer).
 
     The folder loads with ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``
-    and carries ``palette_profile.json`` (domains, base fingerprint, adapter layers). It is built in a
-    temporary sibling folder and moved into place, so a reader never sees a partial export.
+    and carries ``palette_profile.json`` (domains, base fingerprint, adapter layers). With ``gate`` (a
+    :class:`palette_lens.gate.DomainGate`) the gate goes into ``palette_gate/`` (load it with
+    ``DomainGate.load(folder / "palette_gate", base_model)``). The folder is built in a temporary sibling folder
+    and moved into place, so a reader never sees a partial export.
     """
     folder = Path(folder)
     profile = profile or Profile(tuple(a.domain for a in adapters))
@@ -272,6 +276,11 @@ def export_profile(
                       "position": a.meta.get("position"), "weight": a.meta.get("composition_weight", 1.0)}
                      for a in adapters],
     }
+    if gate is not None:
+        if tuple(gate.domains) != tuple(profile.domains):
+            raise PaletteError(f"the gate opens for {'+'.join(gate.domains)}, but the profile is {profile.name}")
+        gate.check_model(model)
+        info["gate"] = GATE_FOLDER
     if hasattr(merged.config, "quantization_config"):
         del merged.config.quantization_config
 
@@ -279,6 +288,8 @@ def export_profile(
         merged.save_pretrained(tmp, safe_serialization=True)
         model.tokenizer.save_pretrained(tmp)
         (tmp / PROFILE_FILE).write_text(json.dumps(info, indent=1))
+        if gate is not None:
+            gate.save(tmp / GATE_FOLDER)
 
     atomic_folder(folder, write)
     log.info("exported profile %s to %s", profile.name, folder)

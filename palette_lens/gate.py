@@ -49,7 +49,8 @@ class GateConfig:
         threshold: the gate opens when the probe's probability of "authorized" exceeds this.
         parts: split parts the gate trains on (the test split is never used).
         adversarial: also train on adversarial variants (training templates) of the other harmful domains'
-            prompts as closed examples.
+            prompts as closed examples: one of each kind in ``adversarial_kinds`` per prompt.
+        adversarial_kinds: the attack kinds of those variants.
         seed: seed of the variants.
     """
 
@@ -59,6 +60,7 @@ class GateConfig:
     threshold: float = 0.3
     parts: tuple[str, ...] = ("train", "val")
     adversarial: bool = True
+    adversarial_kinds: tuple[str, ...] = ("profession", "roleplay", "mixed")
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -68,6 +70,10 @@ class GateConfig:
             raise PaletteError(f"gate threshold must lie in (0, 1), not {self.threshold}")
         if self.C <= 0:
             raise PaletteError(f"gate C must be positive, not {self.C}")
+        bad = [k for k in self.adversarial_kinds if k not in ("profession", "roleplay", "mixed")]
+        if bad or (self.adversarial and not self.adversarial_kinds):
+            raise PaletteError(f"gate adversarial kinds must come from profession, roleplay, mixed (got "
+                               f"{list(self.adversarial_kinds)})")
 
 
 def default_gate_layer(model: ChatModel) -> int:
@@ -198,8 +204,12 @@ def gate_training_prompts(
     """The gate's training prompts and labels (1: open, an authorized request; 0: closed).
 
     Open: the authorized domains' prompts of ``config.parts``. Closed: every other domain's (harmful, harmless,
-    borderline), and with ``config.adversarial`` one adversarial variant (training templates) of every other
-    harmful domain's prompt.
+    borderline), and with ``config.adversarial`` one adversarial variant (training templates) of each kind in
+    ``config.adversarial_kinds`` of every other harmful domain's prompt.
+
+    One variant of every kind per prompt rather than one per prompt with the kind rotating: on the default model
+    the cyber gate then opened for 1 of 80 held-out mixed prompts instead of 6 of 80, at the same share of
+    authorized requests (docs/leakage.md, "A domain gate").
     """
     from .bake_augment import adversarial_negatives
 
@@ -218,9 +228,11 @@ def gate_training_prompts(
             texts += ps
             labels += [int(d in domains)] * len(ps)
         if config.adversarial:
-            for variants in adversarial_negatives(prompts, domains, seed=config.seed, split=part).values():
-                texts += variants
-                labels += [0] * len(variants)
+            for kind in config.adversarial_kinds:
+                made = adversarial_negatives(prompts, domains, kinds=(kind,), seed=config.seed, split=part)
+                for variants in made.values():
+                    texts += variants
+                    labels += [0] * len(variants)
     if not any(labels) or all(labels):
         raise PaletteError("a gate needs both authorized and other prompts to train on")
     return texts, labels

@@ -84,6 +84,22 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="split seed")
 
 
+def add_gate_arguments(parser: argparse.ArgumentParser, gate_help: str) -> None:
+    """``--gate``, ``--gate-layer``, ``--gate-threshold`` (a domain gate, :mod:`palette_lens.gate`)."""
+    parser.add_argument("--gate", action="store_true", help=gate_help)
+    parser.add_argument("--gate-layer", type=int, default=None, metavar="L",
+                        help="the layer the gate reads (default: a quarter of the way through the model)")
+    parser.add_argument("--gate-threshold", type=float, default=0.3, metavar="P",
+                        help="the gate opens above this probability (default 0.3)")
+
+
+def gate_config_from_args(args: argparse.Namespace):
+    """The :class:`palette_lens.gate.GateConfig` of ``--gate*`` (checked before the model loads), or None."""
+    from ..gate import GateConfig
+
+    return GateConfig(layer=args.gate_layer, threshold=args.gate_threshold) if args.gate else None
+
+
 def load_model_from_args(args: argparse.Namespace):
     from ..models import load_model
 

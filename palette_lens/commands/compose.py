@@ -3,7 +3,9 @@
 Loads ``--from DIR/adapters/<domain>/`` (or ``--adapter FOLDER`` ...), checks them against the base
 model, reports interference (ΔW cosines on shared modules), checks that run-time composition (all
 adapters active in peft) and merged weights give the same first-token distribution, and with
-``--export`` writes the merged profile as a plain Hugging Face model folder.
+``--export`` writes the merged profile as a plain Hugging Face model folder. With ``--gate`` it also trains a
+domain gate for the profile's domains (:mod:`palette_lens.gate`) and saves it next to ``profile-<name>.json``
+(``gate-<name>/``) and inside the export (``palette_gate/``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,16 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_model_arguments, compose_weight, echo, load_model_from_args
+from .common import (
+    add_data_arguments,
+    add_gate_arguments,
+    add_model_arguments,
+    compose_weight,
+    echo,
+    gate_config_from_args,
+    load_data_from_args,
+    load_model_from_args,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ΔW weight of each adapter when two or more are composed, in (0, 2] (default 0.85; 1: the plain sum)")
     parser.add_argument("--export", default=None, metavar="DIR", help="write the merged profile as a HF model folder")
     parser.add_argument("--out", default=None, help="where to write profile.json (default: the --from folder)")
+    add_data_arguments(parser)
+    add_gate_arguments(parser, "also train a domain gate for the profile (palette_lens.gate: a probe on the base "
+                               "model that lets the adapters answer only requests of the authorized domains) and "
+                               "save it beside profile.json and in the export")
 
 
 def load_adapters(source: str | None, folders: list[str], model) -> dict:
@@ -62,9 +77,20 @@ def run(args: argparse.Namespace) -> int:
         runtime_profile,
     )
 
+    from ..errors import PaletteError
+    from ..gate import fit_gate
+
+    profile = Profile.parse(args.profile) if args.profile else None
+    gate_config = gate_config_from_args(args)
+    prompts = load_data_from_args(args) if gate_config is not None else None
+    if prompts is not None and profile is not None:
+        for d in profile.domains:
+            prompts.check_domain(d)
+            if d not in prompts.harmful_domains:
+                raise PaletteError(f"a gate opens for harmful domains, not {d!r}")
     model = load_model_from_args(args)
     adapters = load_adapters(args.source, args.adapter, model)
-    profile = Profile.parse(args.profile) if args.profile else Profile(tuple(adapters))
+    profile = profile or Profile(tuple(adapters))
     weight = DEFAULT_COMPOSE_WEIGHT if args.weight is None else args.weight
     chosen = profile_adapters(profile, adapters, weight)
     inter = interference(chosen)
@@ -88,11 +114,19 @@ def run(args: argparse.Namespace) -> int:
         cos = "n/a (different blocks: exact superposition)" if r["cosine"] is None else f"{r['cosine']:.3f}"
         echo(f"  {r['a']} / {r['b']}: shared modules {r['shared_modules']}, ΔW cosine {cos}")
     echo(f"  runtime vs merged composition: max |Δ log p| = {diff:.2e} on the first answer token")
+    out = Path(args.out or args.source or ".")
+    gate = None
+    if gate_config is not None:
+        gate = fit_gate(model, prompts, profile.domains, gate_config)
+        gate_dir = gate.save(out / f"gate-{profile.name}")
+        doc["gate"] = {"folder": str(gate_dir), **gate.meta()}
+        cal = gate.calibration
+        echo(f"  domain gate at layer {gate.layer}: opens for {cal['tpr']:.0%} of the authorized training prompts, "
+             f"stays shut for {cal['tnr']:.0%} of the others ({gate_dir})")
     if args.export:
-        folder = export_profile(model, chosen, args.export, profile)
+        folder = export_profile(model, chosen, args.export, profile, gate=gate)
         doc["exported"] = str(folder)
         echo(f"  exported merged model: {folder}")
-    out = Path(args.out or args.source or ".")
     path = atomic_write_text(out / f"profile-{profile.name}.json", json.dumps(doc, indent=1))
     echo(f"written: {path}")
     return 0

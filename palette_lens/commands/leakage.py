@@ -5,7 +5,7 @@ non-target test prompts framed as its profession, wrapped in role-play templates
 request (:mod:`palette_lens.adversarial`), and compares the merged profile's refusal with vanilla's on the same
 prompts. Writes ``leakage.md`` and ``leakage.json`` (default: into ``DIR``). With ``--gate`` each profile is also
 measured behind a domain gate (:mod:`palette_lens.gate`; rows ``<domain> gated``, the gates saved under ``gates/``
-next to the table).
+next to the table); ``--gated-only`` measures only those rows (and vanilla).
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from pathlib import Path
 
 from .common import (
     add_data_arguments,
+    add_gate_arguments,
     add_model_arguments,
     echo,
+    gate_config_from_args,
     load_data_from_args,
     load_model_from_args,
     positive_int,
@@ -48,13 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, metavar="FILE.md",
                         help="the Markdown table (default DIR/leakage.md); the JSON goes next to it (.json)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write cached vanilla generations")
-    parser.add_argument("--gate", action="store_true",
-                        help="also measure each profile behind a domain gate (palette_lens.gate): a probe trained on "
-                             "the train prompts decides per prompt whether the adapter answers; rows '<domain> gated'")
-    parser.add_argument("--gate-layer", type=int, default=None, metavar="L",
-                        help="the layer the gate reads (default: two thirds of the way through the model)")
-    parser.add_argument("--gate-threshold", type=float, default=0.3, metavar="P",
-                        help="the gate opens above this probability (default 0.3)")
+    add_gate_arguments(parser, "also measure each profile behind a domain gate (palette_lens.gate): a probe "
+                               "trained on the train prompts decides per prompt whether the adapter answers; rows "
+                               "'<domain> gated'")
+    parser.add_argument("--gated-only", action="store_true",
+                        help="with --gate: measure only the gated rows, not the adapters alone (about half the time)")
 
 
 def _run_settings(folder: Path) -> tuple[dict, str | None]:
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import atomic_write_text
     from ..errors import PaletteError
     from ..evaluate import EvalConfig
-    from ..gate import GateConfig, fit_gate
+    from ..gate import fit_gate
     from ..runs import load_run, run_domains
 
     # everything that can be checked without the model first
@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
     )
     config = AttackConfig(kinds=kinds, limit=args.limit, seed=args.attack_seed, mixed_order=args.mixed_order)
 
-    gate_config = GateConfig(layer=args.gate_layer, threshold=args.gate_threshold) if args.gate else None
+    if args.gated_only and not args.gate:
+        raise PaletteError("--gated-only needs --gate")
+    gate_config = gate_config_from_args(args)
 
     model = load_model_from_args(args)
     artifacts = load_run(folder, model, wanted)
@@ -135,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
             gate.save(out_md.parent / "gates" / d)
             name = f"{d} gated"
             profiles[name], authorized[name], gates[name] = artifacts.adapters[d], (d,), gate
+        if args.gated_only:
+            for d in wanted:
+                del profiles[d], authorized[d]
     table = measure_leakage(model, prompts, profiles, config, eval_config, cache=not args.no_cache,
                             authorized=authorized, gates=gates)
     table.settings["run_folder"] = str(folder)
