@@ -76,7 +76,6 @@ def run(args: argparse.Namespace) -> int:
         profile_adapters,
         runtime_profile,
     )
-
     from ..errors import PaletteError
     from ..gate import fit_gate
 
