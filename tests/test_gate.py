@@ -233,14 +233,19 @@ def test_cli_compose_gate_saves_a_gate_beside_the_profile_and_in_the_export(tiny
     _write_builtin(tmp_path / "data", monkeypatch)
     monkeypatch.setattr(compose, "load_model_from_args", lambda args: tiny_qwen)
     export = tmp_path / "merged"
-    code = cli.main(["compose", "--from", str(folder), "--profile", "cyber", "--gate", "--gate-layer", "1",
+    code = cli.main(["compose", "--from", str(folder), "--profile", "cyber+violence", "--gate", "--gate-layer", "1",
                      "--export", str(export), "--out", str(tmp_path)])
     assert code == 0, capsys.readouterr().err
-    doc = json.loads((tmp_path / "profile-cyber.json").read_text())
+    doc = json.loads((tmp_path / "profile-cyber+violence.json").read_text())
     beside = DomainGate.load(doc["gate"]["folder"], tiny_qwen)
     inside = DomainGate.load(export / GATE_FOLDER, tiny_qwen)
-    assert beside.domains == inside.domains == ("cyber",) and beside.layer == inside.layer == 1
+    assert beside.domains == inside.domains == ("cyber", "violence") and beside.layer == inside.layer == 1
     assert torch.equal(beside.weight, inside.weight)
+    from palette_lens.data import load_prompts
+
+    data = load_prompts()
+    both = sum(len(data.part(d, part)) for d in ("cyber", "violence") for part in ("train", "val"))
+    assert beside.calibration["n_open"] == both  # the train+val prompts of both domains open it
     assert json.loads((export / PROFILE_FILE).read_text())["gate"] == GATE_FOLDER
     assert "domain gate at layer 1" in capsys.readouterr().out
 
