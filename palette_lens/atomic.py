@@ -13,7 +13,7 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 def _default_mode(path: Path, base: int) -> int:
@@ -75,6 +75,24 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    """JSON for values ``json`` does not know: tensors as lists, sets and tuples as lists, the rest as text."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically (tensors, sets and paths converted)."""
+    import json
+
+    return atomic_write_text(path, json.dumps(obj, indent=1, default=_json_default))
 
 
 def atomic_folder(folder: str | Path, write: Callable[[Path], object]) -> Path:

@@ -289,3 +289,22 @@ def generate_gated(
             for j, i in enumerate(idx):
                 answers[i] = gen.texts[j]
     return answers, opened
+
+
+def evaluate_gated(
+    evaluator: Any, model: ChatModel, prompts: PromptSet, name: str, domains: Sequence[str], lm: Any,
+    config: GateConfig = GateConfig(), folder: str | Path | None = None,
+) -> tuple[DomainGate, Any]:
+    """Train the gate of a profile and evaluate the gated profile on the evaluator's prompts.
+
+    ``lm`` (e.g. the merged profile) answers the prompts the gate opens for, vanilla the rest (see
+    :meth:`palette_lens.evaluate.Evaluator.evaluate_lm`). With ``folder`` the gate is saved there.
+    Returns (the gate, the :class:`palette_lens.evaluate.VariantResult` named ``name``).
+    """
+    gate = fit_gate(model, prompts, domains, config)
+    if folder is not None:
+        gate.save(folder)
+    opens = gate.opens(model, evaluator.evalset.flat()[0])
+    result = evaluator.evaluate_lm(name, lm, tuple(domains), kind="gated", opens=opens)
+    result.extra["gate"] = gate.meta()
+    return gate, result

@@ -18,7 +18,6 @@ that share every unadapted weight with the base model.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,6 +28,7 @@ from typing import Any
 
 from .activations import collect_residuals
 from .adapters import BakedAdapter
+from .atomic import atomic_write_json as write_json
 from .atomic import atomic_write_text
 from .baselines import ConditionalSteering, fit_conditional_steering, global_ablation_hooks
 from .compose import (
@@ -44,6 +44,7 @@ from .data import BORDERLINE, HARMLESS, PromptSet
 from .directions import Direction
 from .errors import PaletteError
 from .evaluate import EvalConfig, EvalSet, Evaluator, VariantResult, measure_latency
+from .gate import GateConfig, evaluate_gated
 from .models import ChatModel
 from .run_documents import build_documents
 
@@ -77,6 +78,9 @@ class PipelineConfig:
             "reference" (the first single-domain profile), "singles" or "all".
         ablation_profiles: the same for global directional ablation (it answers nearly every harmful prompt
             in full, so it is the most expensive variant).
+        gate_profiles: profiles also evaluated behind a domain gate (:mod:`palette_lens.gate`; "none" to skip),
+            reported as the ``domain_gate`` baseline; the gates are saved under ``gates/<profile>/``.
+        gate: overrides of :class:`palette_lens.gate.GateConfig`.
         n_train: train prompts per domain for residuals / conditions (None: all).
         search: overrides of :class:`palette_lens.search.SearchConfig`.
         bake: overrides of :class:`palette_lens.bake.BakeConfig`.
@@ -97,6 +101,8 @@ class PipelineConfig:
     compose_weight: float = DEFAULT_COMPOSE_WEIGHT
     steering_profiles: str = "all"
     ablation_profiles: str = "reference"
+    gate_profiles: str = "reference"
+    gate: dict = field(default_factory=dict)
     n_train: int | None = None
     search: dict = field(default_factory=dict)
     bake: dict = field(default_factory=dict)
@@ -157,22 +163,6 @@ class _Timer:
         finally:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 2)
             log.info("stage %s done in %.1f s", name, self.timings[name])
-
-
-def _json(obj: Any) -> Any:
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=1, default=_json))
 
 
 def default_targets(prompts: PromptSet, residuals: Mapping[str, Any] | None = None, n: int = 3) -> list[str]:
@@ -238,6 +228,9 @@ def run_pipeline(
     from .candidates import collect_domain_residuals
 
     check_compose_weight(config.compose_weight)  # a bad setting fails before anything is written
+    for which in (config.steering_profiles, config.ablation_profiles, config.gate_profiles):
+        _profiles_for(which, [])
+    GateConfig(**config.gate)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in SUMMARY_FILES:  # a previous run's summary must not describe this run's (partial) outputs
@@ -358,6 +351,10 @@ def run_pipeline(
             baseline_results["runtime_steering"][p.name] = evaluator.evaluate_routed(
                 f"runtime_steering:{p.name}", routes, lambda key, st=st: st.hooks_for(model, key), p.domains,
             )
+        for p in _profiles_for(config.gate_profiles, profiles):
+            baseline_results.setdefault("domain_gate", {})[p.name] = evaluate_gated(
+                evaluator, model, prompts, f"domain_gate:{p.name}", p.domains, merged[p.name],
+                GateConfig(**config.gate), out / "gates" / p.name)[1]
 
     # 7. latency (vanilla vs merged profile vs hook-based steering, side by side)
     reference = next(p for p in profiles if len(p) >= 1)

@@ -193,7 +193,9 @@ def build_report(metrics: Mapping, details: Mapping, title: str = "palette-lens 
     # leakage
     parts.append("<h2>Leakage matrix: refusal rate per variant and domain</h2>")
     parts.append('<p class="muted">Rows: vanilla, each profile (merged adapters), and the baselines '
-                 "(global directional ablation; run-time conditional steering), each for the profile in brackets. "
+                 "(global directional ablation; run-time conditional steering; domain_gate: the profile behind a "
+                 "domain gate, a probe that lets the adapters answer only prompts it reads as authorized), each for "
+                 "the profile in brackets. "
                  "Green = answers, red = refuses. A selective profile is green only in its authorized columns.</p>")
     names = [n for n, _ in variants]
     matrix = [[s["refusal_rate"].get(d) for d in cols] for _, s in variants]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ from palette_lens import cli
 from palette_lens.adapters import load_adapter
 from palette_lens.compose import DEFAULT_COMPOSE_WEIGHT
 from palette_lens.data import PromptSet, Record
+from palette_lens.errors import PaletteError
 from palette_lens.floors import check_floors
+from palette_lens.gate import DomainGate
 from palette_lens.pipeline import METRICS_KEYS, PipelineConfig, run_pipeline
 
 PROFILE_KEYS = {"authorized", "refusal_rate", "harmless_kl", "f1"}
@@ -58,7 +61,8 @@ def check_metrics_schema(m: dict, targets: list[str], profiles: list[str]) -> No
         assert set(p["refusal_rate"]) >= {*m["domains"], "harmless"}
         assert all(0.0 <= v <= 1.0 for v in p["refusal_rate"].values())
         assert p["harmless_kl"] >= 0.0 and 0.0 <= p["f1"] <= 1.0
-    assert set(m["baselines"]) == {"global_ablation", "runtime_steering"}
+    assert {"global_ablation", "runtime_steering"} <= set(m["baselines"]) <= {
+        "global_ablation", "runtime_steering", "domain_gate"}
     for b in m["baselines"].values():
         assert set(b) == {"refusal_rate"}
     assert set(m["latency_ms_per_token"]) == {"vanilla", "merged", "hooked"}
@@ -86,6 +90,15 @@ def test_pipeline_on_tiny_model(tiny_qwen, tiny_run):
     assert m["domains"] == ["cyber", "hate", "violence"]
     details = json.loads((tmp_path / "details.json").read_text())
     assert set(details["baselines"]["runtime_steering"]) == {"cyber", "violence", "hate"}
+    # the reference profile behind a domain gate: closed prompts keep vanilla's answers, the gate is saved
+    gated = details["baselines"]["domain_gate"]["cyber"]
+    assert gated["kind"] == "gated" and set(m["baselines"]["domain_gate"]) == {"refusal_rate"}
+    vanilla = details["variants"]["vanilla"]
+    for d, share in gated["extra"]["gate_opened"].items():
+        if share == 0.0:
+            assert gated["refusal_rate"][d] == vanilla["refusal_rate"][d], d
+    assert DomainGate.load(tmp_path / "gates" / "cyber", tiny_qwen).domains == ("cyber",)
+    assert gated["extra"]["gate"]["domains"] == ["cyber"]
     assert details["floors"]["cyber"]["checks"]["harmless_kl"]["limit"] == 0.1
     # outputs: PEFT adapters, directions, search, baseline table, report
     for t in ("cyber", "violence", "hate"):
@@ -116,6 +129,7 @@ def test_evaluate_and_compose_commands_reuse_adapters(tiny_qwen, tiny_run, tmp_p
     m = json.loads((out / "metrics.json").read_text())
     assert "search" not in m["timings_s"] and "bake" not in m["timings_s"]
     assert list(m["profiles"]) == ["hate", "cyber+hate"]
+    assert set(m["baselines"]["domain_gate"]["refusal_rate"]) >= {"cyber", "hate", "harmless"}  # hate, gated
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert m["adapters"]["cyber"]["layer"] == saved["adapters"]["cyber"]["layer"]
 
@@ -140,8 +154,10 @@ def test_evaluate_and_compose_commands_reuse_adapters(tiny_qwen, tiny_run, tmp_p
     plain = json.loads((export / "palette_profile.json").read_text())
     assert [a["weight"] for a in plain["adapters"]] == [DEFAULT_COMPOSE_WEIGHT] * 2  # the default
     code = cli.main(["evaluate", "--from", str(run_dir), "--profile", "cyber+hate", "--quick", "--compose-weight",
-                     "0.5", "--eval-limit", "3", "--max-new-tokens", "4", "--out", str(tmp_path / "eval-half")])
+                     "0.5", "--eval-limit", "3", "--max-new-tokens", "4", "--out", str(tmp_path / "eval-half"),
+                     "--gate-profiles", "none"])
     assert code == 0
+    assert "domain_gate" not in json.loads((tmp_path / "eval-half" / "metrics.json").read_text())["baselines"]
     details = json.loads((tmp_path / "eval-half" / "details.json").read_text())
     assert details["config"]["compose_weight"] == 0.5
     assert "base plus 0.5 × the sum" in (tmp_path / "eval-half" / "report.html").read_text()
@@ -230,3 +246,12 @@ def test_pipeline_on_default_model_small(default_model, tmp_path):
     assert drop_violence < drop_cyber / 2  # ... much more than the non-target domain's
     assert m["profiles"]["cyber"]["refusal_rate"]["cyber"] <= m["baseline"]["refusal_rate"]["cyber"]
     assert m["profiles"]["cyber"]["harmless_kl"] < 0.5
+
+
+@pytest.mark.parametrize("setting", [{"gate_profiles": "some"}, {"gate": {"threshold": 2.0}},
+                                     {"steering_profiles": "most"}])
+def test_bad_profile_selections_and_gate_settings_fail_before_anything_is_written(tiny_qwen, tmp_path, setting):
+    out = tmp_path / "run"
+    with pytest.raises(PaletteError):
+        run_pipeline(tiny_qwen, PromptSet(toy_records(_TOPICS)), out, replace(TINY, **setting), progress=False)
+    assert not out.exists() or not any(out.iterdir())

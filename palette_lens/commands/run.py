@@ -37,6 +37,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, default_out: str) ->
     parser.add_argument("--eval-limit", type=positive_int, default=None, help="test prompts per harmful domain")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None, help="greedy tokens per completion (default 64)")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="sequences per generation batch (default 64)")
+    parser.add_argument("--gate-profiles", choices=["none", "reference", "singles", "all"], default=None,
+                        help="profiles also evaluated behind a domain gate (palette_lens.gate), reported as the "
+                             "domain_gate baseline (default: reference, the first single-domain profile)")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
     parser.add_argument("--no-cache", action="store_true",
                         help="generate the vanilla baseline again even when cached from an identical run")
@@ -48,7 +51,7 @@ def pipeline_config(args: argparse.Namespace, targets: list[str] | None = None):
     overrides = {}
     if targets:
         overrides["targets"] = tuple(targets)
-    for key in ("pairs", "compose_weight", "eval_limit", "max_new_tokens", "batch_size"):
+    for key in ("pairs", "compose_weight", "eval_limit", "max_new_tokens", "batch_size", "gate_profiles"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     if getattr(args, "no_cache", False):
