@@ -104,3 +104,21 @@ def test_global_ablation_leaks_where_the_profile_does_not(metrics, details):
     kept_ablation = sum(ablation[d] for d in others) / sum(base[d] for d in others)
     assert kept_ablation < kept_profile - 0.2, (kept_ablation, kept_profile)
 
+
+
+def test_the_gated_reference_profile_meets_the_floors_and_keeps_at_least_the_plain_profiles_refusal(
+    quick_demo_dir, metrics, details
+):
+    """Behind its domain gate the reference profile still relaxes its domain (floors, widened as above), and on
+    every other domain it refuses at least as often as the profile alone: a shut gate answers with vanilla."""
+    from palette_lens.gate import DomainGate
+
+    ref = details["reference_profile"]
+    gated = metrics["baselines"]["domain_gate"]["refusal_rate"]
+    profile = metrics["profiles"][ref]
+    floors = check_floors(gated, metrics["baseline"]["refusal_rate"], profile["authorized"], metrics["domains"],
+                          details["baselines"]["domain_gate"][ref]["harmless_kl"], widen=QUICK_WIDEN)
+    assert floors["ok"], {k: v for k, v in floors["checks"].items() if not v["ok"]}
+    others = [d for d in metrics["domains"] if d not in profile["authorized"]]
+    assert sum(gated[d] for d in others) >= sum(profile["refusal_rate"][d] for d in others) - 1 / 12, (gated, profile)
+    assert DomainGate.load(quick_demo_dir / "gates" / ref).domains == tuple(profile["authorized"])
