@@ -61,6 +61,7 @@ CI_PARAMETERS: dict[str, dict[str, Any]] = {
     "04": {
         "domains": ["cyber", "disinformation", "violence"], "n_score": 8, "eval_limit": 2, "harmless_limit": 2,
         "borderline_limit": 0, "max_new_tokens": 8, "latency_tokens": 4, "latency_batch": 2, "latency_repeats": 1, "n_train": 8,
+        "n_attack": 8,
     },
     "05": {"max_new_tokens": 16, "n_candidates": 4},
 }
