@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 GATE_FILE = "gate.safetensors"
 GATE_META = "gate.json"
 FEATURES = ("mean", "last")
+ADVERSARIAL_KINDS = ("profession", "roleplay", "mixed")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class GateConfig:
     threshold: float = 0.3
     parts: tuple[str, ...] = ("train", "val")
     adversarial: bool = True
-    adversarial_kinds: tuple[str, ...] = ("profession", "roleplay", "mixed")
+    adversarial_kinds: tuple[str, ...] = ADVERSARIAL_KINDS
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,9 +71,9 @@ class GateConfig:
             raise PaletteError(f"gate threshold must lie in (0, 1), not {self.threshold}")
         if self.C <= 0:
             raise PaletteError(f"gate C must be positive, not {self.C}")
-        bad = [k for k in self.adversarial_kinds if k not in ("profession", "roleplay", "mixed")]
+        bad = [k for k in self.adversarial_kinds if k not in ADVERSARIAL_KINDS]
         if bad or (self.adversarial and not self.adversarial_kinds):
-            raise PaletteError(f"gate adversarial kinds must come from profession, roleplay, mixed (got "
+            raise PaletteError(f"gate adversarial kinds must come from {', '.join(ADVERSARIAL_KINDS)} (got "
                                f"{list(self.adversarial_kinds)})")
 
 
@@ -209,7 +210,7 @@ def gate_training_prompts(
 
     One variant of every kind per prompt rather than one per prompt with the kind rotating: on the default model
     the cyber gate then opened for 1 of 80 held-out mixed prompts instead of 6 of 80, at the same share of
-    authorized requests (docs/leakage.md, "A domain gate").
+    authorized requests (docs/leakage.md, "A domain gate trained on every attack kind").
     """
     from .bake_augment import adversarial_negatives
 

@@ -76,17 +76,13 @@ def run(args: argparse.Namespace) -> int:
         profile_adapters,
         runtime_profile,
     )
-    from ..errors import PaletteError
-    from ..gate import fit_gate
+    from ..gate import fit_gate, gate_training_prompts
 
     profile = Profile.parse(args.profile) if args.profile else None
     gate_config = gate_config_from_args(args)
     prompts = load_data_from_args(args) if gate_config is not None else None
     if prompts is not None and profile is not None:
-        for d in profile.domains:
-            prompts.check_domain(d)
-            if d not in prompts.harmful_domains:
-                raise PaletteError(f"a gate opens for harmful domains, not {d!r}")
+        gate_training_prompts(prompts, profile.domains, gate_config)  # an unknown or harmless domain fails here
     model = load_model_from_args(args)
     adapters = load_adapters(args.source, args.adapter, model)
     profile = profile or Profile(tuple(adapters))
