@@ -1,13 +1,23 @@
-"""Which adversarial variants a domain gate should train on: one per non-target prompt (kind rotating) or one of
-every kind per prompt, measured as the share of held-out prompts each probe opens for (no generation).
+"""Which adversarial variants a domain gate should train on, and whether it holds against an attack family it
+never saw: the share of held-out prompts each probe opens for (no generation).
 
     .venv/bin/python benchmarks/study_gate.py [--limit 80] [--out benchmarks/results/gate_adversarial_variants.json]
+        [--features /tmp/gate_features.npz]
+
+Variant sets (closed training examples besides every other domain's plain train/val prompts):
+
+* ``rotating``: one adversarial variant per non-target prompt, the kind rotating (the first gate);
+* ``every_kind``: one variant of every kind per prompt (the default since 2026-11-25);
+* ``without_<kind>``: ``every_kind`` less one attack family, so the measured attacks of that family are of a kind
+  the gate never trained on (leave one family out);
+* ``plain_only``: no adversarial variants at all.
 
 Features: ``resid_pre`` of the default gate layer, mean over the post-instruction tokens, of the train/val
 prompts, their adversarial variants (training templates) and the test split's prompts: the leakage measurement's
 attacks (``--limit`` per kind and target) and every plain test prompt. Probes as in :func:`palette_lens.gate.fit_gate`
 (standardised, L2 with C = 0.05, balanced classes); "oof" columns are five-fold out-of-fold rates on the training
-prompts themselves. About 7 minutes on 2 CPU cores for the default model.
+prompts themselves. About 7 minutes on 2 CPU cores for the default model (``--features`` keeps the features for a
+rerun of the analysis alone).
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ def collect(limit: int) -> tuple[np.ndarray, list[tuple[str, str, str | None]], 
             for kind in KINDS:
                 for d, vs in adversarial_negatives(prompts, t, kinds=(kind,), split=part).items():
                     texts += vs
-                    meta += [("every_kind", d, t)] * len(vs)
+                    meta += [(f"every_kind/{kind}", d, t)] * len(vs)
     for t in TARGETS:
         for kind, ps in attacks_from_prompt_set(prompts, (t,), limit=limit, split="test").items():
             texts += [p.text for p in ps]
@@ -67,15 +77,23 @@ def _probe(x: np.ndarray, y: np.ndarray, c: float = 0.05):
     return lambda z: clf.predict_proba((z - centre) / scale)[:, 1]
 
 
+def variant_sets() -> dict[str, set[str]]:
+    """Variant set name → the adversarial training groups it includes."""
+    every = {f"every_kind/{k}" for k in KINDS}
+    sets = {"rotating": {"rotating"}, "every_kind": every}
+    sets |= {f"without_{k}": every - {f"every_kind/{k}"} for k in KINDS}
+    return sets | {"plain_only": set()}
+
+
 def analyse(x: np.ndarray, meta: list) -> dict:
-    """Share opened per target × variant set × threshold × prompt group."""
+    """Share opened per variant set × target × threshold × prompt group."""
     from sklearn.model_selection import StratifiedKFold
 
     n_train = sum(1 for m in meta if not m[0].startswith("test"))
     out: dict = {}
-    for variants in ("rotating", "every_kind"):
+    for variants, groups_in in variant_sets().items():
         for t in TARGETS:
-            idx = np.array([i for i, m in enumerate(meta[:n_train]) if m[0] == "plain" or (m[0] == variants
+            idx = np.array([i for i, m in enumerate(meta[:n_train]) if m[0] == "plain" or (m[0] in groups_in
                                                                                           and m[2] == t)])
             y = np.array([int(meta[i][0] == "plain" and meta[i][1] == t) for i in idx])
             p_test = _probe(x[idx], y)(x[n_train:])
@@ -95,22 +113,46 @@ def analyse(x: np.ndarray, meta: list) -> dict:
                     groups.setdefault(key, []).append(bool(p_test[j] > thr))
                 row = {k: {"opened": round(float(np.mean(v)), 4), "n": len(v)} for k, v in groups.items()}
                 row["oof authorized"] = round(float((oof[y == 1] > thr).mean()), 4)
-                row["oof variants"] = round(float((oof[np.array([meta[i][0] != "plain" for i in idx])] > thr).mean()), 4)
+                if groups_in:
+                    variant_rows = np.array([meta[i][0] != "plain" for i in idx])
+                    row["oof variants"] = round(float((oof[variant_rows] > thr).mean()), 4)
                 out.setdefault(variants, {}).setdefault(t, {})[str(thr)] = row
     return out
+
+
+def held_out_summary(opened: dict, threshold: str = "0.3") -> dict:
+    """Per target and attack family: share opened when the gate trained on every kind vs. without that family."""
+    return {t: {k: {"every_kind": opened["every_kind"][t][threshold][k]["opened"],
+                    f"without_{k}": opened[f"without_{k}"][t][threshold][k]["opened"],
+                    "plain_only": opened["plain_only"][t][threshold][k]["opened"]}
+                for k in KINDS} | {"authorized": {s: opened[s][t][threshold]["authorized"]["opened"]
+                                                  for s in ("every_kind", "plain_only")}}
+            for t in TARGETS}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=80)
     parser.add_argument("--out", default="benchmarks/results/gate_adversarial_variants.json")
+    parser.add_argument("--features", help="an .npz file to keep the features in (read when it exists)")
     args = parser.parse_args()
     start = time.perf_counter()
-    x, meta, name = collect(args.limit)
+    cache = Path(args.features) if args.features else None
+    cached = cache is not None and cache.is_file()
+    if cached:
+        saved = np.load(cache, allow_pickle=False)
+        x, name = saved["x"], str(saved["model"])
+        meta = [(g, d, t or None) for g, d, t in saved["meta"].tolist()]
+    else:
+        x, meta, name = collect(args.limit)
+        if cache is not None:
+            np.savez(cache, x=x, model=name, meta=np.array([(g, d, t or "") for g, d, t in meta]))
+    opened = analyse(x, meta)
     result = {"what": __doc__.split("\n\n")[0], "model": name, "limit": args.limit,
-              "seconds": round(time.perf_counter() - start), "opened": analyse(x, meta)}
+              "seconds": round(time.perf_counter() - start), "features_cached": cached,
+              "held_out_family": held_out_summary(opened), "opened": opened}
     Path(args.out).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result["opened"]["every_kind"], indent=1))
+    print(json.dumps(result["held_out_family"], indent=1))
 
 
 if __name__ == "__main__":

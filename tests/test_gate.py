@@ -252,7 +252,8 @@ def test_cli_compose_gate_saves_a_gate_beside_the_profile_and_in_the_export(tiny
 
 @pytest.mark.parametrize("extra, match", [
     (["--profile", "harmless"], "harmful domains"), (["--profile", "nope"], "nope"),
-    (["--gate-threshold", "0"], "threshold"),
+    (["--gate-threshold", "0"], "threshold"), (["--gate-kinds", "direct"], "adversarial kinds"),
+    (["--gate-kinds", ","], "adversarial kinds"),
 ])
 def test_cli_compose_gate_rejects_bad_input_before_loading_the_model(tiny_run, tmp_path, monkeypatch, capsys,  # noqa: F811
                                                                      extra, match):
@@ -264,6 +265,50 @@ def test_cli_compose_gate_rejects_bad_input_before_loading_the_model(tiny_run, t
     code = cli.main(["compose", "--from", str(tiny_run[0]), "--gate", *extra])
     err = capsys.readouterr().err
     assert code == 2 and len(err.splitlines()) == 1 and match in err, err
+
+
+@pytest.mark.parametrize("argv, adversarial, kinds", [
+    ([], True, ("profession", "roleplay", "mixed")),
+    (["--gate-kinds", "profession, roleplay"], True, ("profession", "roleplay")),
+    (["--gate-kinds", "mixed,mixed"], True, ("mixed",)),
+    (["--gate-kinds", "none"], False, None),
+])
+def test_gate_kinds_choose_the_attack_families_the_gate_trains_on(argv, adversarial, kinds):
+    import argparse
+
+    from palette_lens.commands.common import add_gate_arguments, gate_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_gate_arguments(parser, "gate")
+    config = gate_config_from_args(parser.parse_args(["--gate", *argv]))
+    assert config.adversarial is adversarial
+    if kinds is not None:
+        assert config.adversarial_kinds == kinds
+    assert gate_config_from_args(parser.parse_args(argv)) is None  # no --gate, no gate
+
+
+def test_cli_gate_kinds_leave_an_attack_family_out_of_the_gate_and_record_it(tiny_qwen, tiny_run, tmp_path,  # noqa: F811
+                                                                             monkeypatch, capsys):
+    from palette_lens import cli
+    from palette_lens.commands import leakage
+
+    folder, _ = tiny_run
+    _write_builtin(tmp_path / "data", monkeypatch)
+    monkeypatch.setattr(leakage, "load_model_from_args", lambda args: tiny_qwen)
+    out = tmp_path / "leak.md"
+    code = cli.main(["leakage", "--from", str(folder), "--profile", "cyber", "--attack", "mixed", "--limit", "3",
+                     "--max-new-tokens", "4", "--no-cache", "--gate", "--gated-only", "--gate-layer", "1",
+                     "--gate-kinds", "profession,roleplay", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads(out.with_suffix(".json").read_text())
+    recorded = doc["settings"]["gates"]["cyber gated"]["calibration"]
+    assert recorded["config"]["adversarial_kinds"] == ["profession", "roleplay"]
+    from palette_lens.data import load_prompts
+
+    data = load_prompts()
+    plain = sum(len(data.part(d, part)) for d in data.domains for part in ("train", "val"))
+    others = sum(len(data.part(d, part)) for d in data.harmful_domains if d != "cyber" for part in ("train", "val"))
+    assert recorded["n_open"] + recorded["n_closed"] == plain + 2 * others  # two families, not three
 
 
 def test_export_refuses_a_gate_for_other_domains(tiny_qwen, tiny_run, gate, tmp_path):  # noqa: F811
