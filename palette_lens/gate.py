@@ -6,7 +6,10 @@ other domains (framed as the authorized profession, role-play, or put beside an 
 logistic probe on the base model's residual stream at one layer, trained on the authorized domains' train
 prompts (open) against every other domain's (closed) — harmful, harmless and borderline — and against
 adversarial variants of the other harmful domains' train prompts built with the bake's *training* templates
-(:mod:`palette_lens.bake_augment`; the templates the leakage measurement uses stay unseen). When the gate stays
+(:mod:`palette_lens.bake_augment`; the templates the leakage measurement uses stay unseen). By default the probe
+names the *domain* of a prompt (a multinomial probe over every domain, each adversarial variant labelled with the
+domain of the request it wraps) and the gate opens when the authorized domains' probabilities add up past the
+threshold; ``probe="binary"`` trains authorized-vs-rest instead. When the gate stays
 closed the prompt is answered by the base model, so every closed prompt behaves exactly as vanilla; what the
 gate can cost is relaxation on authorized prompts it fails to open for (measured beside the leakage).
 
@@ -37,6 +40,7 @@ GATE_FILE = "gate.safetensors"
 GATE_META = "gate.json"
 FEATURES = ("mean", "last")
 ADVERSARIAL_KINDS = ("profession", "roleplay", "mixed")
+PROBES = ("domains", "binary")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ class GateConfig:
             prompts as closed examples: one of each kind in ``adversarial_kinds`` per prompt.
         adversarial_kinds: the attack kinds of those variants.
         seed: seed of the variants.
+        probe: "domains", a multinomial probe naming the prompt's domain (variants labelled with the domain of the
+            request they wrap; the gate opens on the authorized domains' summed probability), or "binary",
+            authorized against everything else.
     """
 
     layer: int | None = None
@@ -63,8 +70,11 @@ class GateConfig:
     adversarial: bool = True
     adversarial_kinds: tuple[str, ...] = ADVERSARIAL_KINDS
     seed: int = 0
+    probe: str = "domains"
 
     def __post_init__(self) -> None:
+        if self.probe not in PROBES:
+            raise PaletteError(f"gate probe must be one of {', '.join(PROBES)}, not {self.probe!r}")
         if self.feature not in FEATURES:
             raise PaletteError(f"gate feature must be one of {', '.join(FEATURES)}, not {self.feature!r}")
         if not 0.0 < self.threshold < 1.0:
@@ -90,17 +100,20 @@ def default_gate_layer(model: ChatModel) -> int:
 class DomainGate:
     """A logistic probe deciding, per prompt, whether a profile's adapters apply.
 
-    ``p(open) = σ(w · (x − centre) / scale + bias)`` with x the ``resid_pre`` of ``layer`` (mean over the
-    post-instruction positions, or the last one).
+    With z = (x − centre) / scale and x the ``resid_pre`` of ``layer`` (mean over the post-instruction positions,
+    or the last one): a domain probe gives ``p(open) = Σ_{d authorized} softmax(W z + b)_d``, a binary one
+    ``p(open) = σ(w · z + b)``.
 
     Attributes:
         domains: the authorized domains it opens for.
         layer, feature: where and how it reads the residual stream.
         centre, scale: [d_model] standardisation of the features.
-        weight: [d_model] probe weights; bias: its intercept.
+        weight: [n_classes, d_model] (domain probe) or [d_model] (binary) probe weights.
+        bias: [n_classes] intercepts (domain probe) or one float (binary).
         threshold: opens when ``p(open) > threshold``.
         base_fingerprint: the base model's weights fingerprint.
         calibration: accuracies on the training prompts and the counts used.
+        classes: the domain probe's class names, in the order of ``weight``'s rows (empty: binary).
     """
 
     domains: tuple[str, ...]
@@ -109,10 +122,11 @@ class DomainGate:
     centre: torch.Tensor
     scale: torch.Tensor
     weight: torch.Tensor
-    bias: float
+    bias: float | torch.Tensor
     threshold: float
     base_fingerprint: str
     calibration: dict = field(default_factory=dict)
+    classes: tuple[str, ...] = ()
 
     # ---- deciding
     def features(self, model: ChatModel, prompts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
@@ -122,8 +136,20 @@ class DomainGate:
 
     def probability(self, x: torch.Tensor) -> torch.Tensor:
         """[n, d_model] features → [n] probability that the prompt is an authorized request."""
-        z = ((x.float() - self.centre) / self.scale) @ self.weight + self.bias
-        return torch.sigmoid(z)
+        z = (x.float() - self.centre) / self.scale  # [n, d_model]
+        if not self.classes:
+            return torch.sigmoid(z @ self.weight + float(self.bias))
+        p = torch.softmax(z @ self.weight.T + torch.as_tensor(self.bias, dtype=torch.float32), dim=-1)
+        authorized = [self.classes.index(d) for d in self.domains]
+        return p[:, authorized].sum(-1)
+
+    def domain_probabilities(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A domain probe's [n] probability per class (which domain a prompt reads as); {} for a binary gate."""
+        if not self.classes:
+            return {}
+        z = (x.float() - self.centre) / self.scale
+        p = torch.softmax(z @ self.weight.T + torch.as_tensor(self.bias, dtype=torch.float32), dim=-1)
+        return {c: p[:, i] for i, c in enumerate(self.classes)}
 
     def opens(self, model: ChatModel, prompts: Sequence[str], batch_size: int = 32) -> list[bool]:
         """Per prompt, whether the adapters apply (one forward pass to ``layer``)."""
@@ -139,12 +165,25 @@ class DomainGate:
                 f"is {model.name!r} (fingerprint {model.fingerprint}); train the gate again for this model"
             )
 
+    def shapes_agree(self) -> bool:
+        """Whether the tensors, classes and domains fit together (a check of a loaded gate)."""
+        d_model = self.centre.shape
+        if self.scale.shape != d_model or self.centre.dim() != 1:
+            return False
+        if not self.classes:
+            return self.weight.shape == d_model
+        bias = torch.as_tensor(self.bias)
+        return (self.weight.shape == (len(self.classes), d_model[0]) and bias.shape == (len(self.classes),)
+                and all(d in self.classes for d in self.domains))
+
     # ---- saving
     def meta(self) -> dict:
         """JSON-serialisable description (everything but the tensors)."""
+        bias = [float(b) for b in torch.as_tensor(self.bias).reshape(-1)] if self.classes else float(self.bias)
         return {
-            "domains": list(self.domains), "layer": self.layer, "feature": self.feature, "bias": self.bias,
-            "threshold": self.threshold, "base_fingerprint": self.base_fingerprint, "calibration": self.calibration,
+            "domains": list(self.domains), "layer": self.layer, "feature": self.feature, "bias": bias,
+            "classes": list(self.classes), "threshold": self.threshold, "base_fingerprint": self.base_fingerprint,
+            "calibration": self.calibration,
         }
 
     def save(self, folder: str | Path) -> Path:
@@ -174,15 +213,17 @@ class DomainGate:
             if loaded is None:
                 raise ValueError("unreadable, truncated or altered")
             tensors = loaded[0]
+            classes = tuple(str(c) for c in meta.get("classes") or ())
+            bias = torch.tensor([float(b) for b in meta["bias"]]) if classes else float(meta["bias"])
             gate = cls(
                 tuple(meta["domains"]), int(meta["layer"]), str(meta["feature"]), tensors["centre"].float(),
-                tensors["scale"].float(), tensors["weight"].float(), float(meta["bias"]), float(meta["threshold"]),
-                str(meta.get("base_fingerprint", "")), dict(meta.get("calibration") or {}),
+                tensors["scale"].float(), tensors["weight"].float(), bias, float(meta["threshold"]),
+                str(meta.get("base_fingerprint", "")), dict(meta.get("calibration") or {}), classes,
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise PaletteError(f"the gate in {folder} is damaged ({exc}); train it again") from exc
-        if not (gate.centre.shape == gate.scale.shape == gate.weight.shape and gate.weight.dim() == 1):
-            raise PaletteError(f"the gate in {folder} is damaged (tensor shapes differ); train it again")
+        if not gate.shapes_agree():
+            raise PaletteError(f"the gate in {folder} is damaged (tensor shapes or classes disagree); train it again")
         if model is not None:
             gate.check_model(model)
         return gate
@@ -206,7 +247,17 @@ def gate_training_prompts(
 
     Open: the authorized domains' prompts of ``config.parts``. Closed: every other domain's (harmful, harmless,
     borderline), and with ``config.adversarial`` one adversarial variant (training templates) of each kind in
-    ``config.adversarial_kinds`` of every other harmful domain's prompt.
+    ``config.adversarial_kinds`` of every other harmful domain's prompt. :func:`gate_training_examples` gives
+    the same prompts with their domain names.
+    """
+    texts, names = gate_training_examples(prompts, domains, config)
+    return texts, [int(n in domains) for n in names]
+
+
+def gate_training_examples(
+    prompts: PromptSet, domains: Sequence[str], config: GateConfig = GateConfig()
+) -> tuple[list[str], list[str]]:
+    """The gate's training prompts and the domain each belongs to (a variant: the domain of the request it wraps).
 
     One variant of every kind per prompt rather than one per prompt with the kind rotating: on the default model
     the cyber gate then opened for 1 of 80 held-out mixed prompts instead of 6 of 80, at the same share of
@@ -222,21 +273,22 @@ def gate_training_prompts(
         if d not in prompts.harmful_domains:
             raise PaletteError(f"a gate opens for harmful domains, not {d!r}")
     texts: list[str] = []
-    labels: list[int] = []
+    names: list[str] = []
     for part in config.parts:
         for d in prompts.domains:
             ps = prompts.part(d, part)
             texts += ps
-            labels += [int(d in domains)] * len(ps)
+            names += [d] * len(ps)
         if config.adversarial:
             for kind in config.adversarial_kinds:
                 made = adversarial_negatives(prompts, domains, kinds=(kind,), seed=config.seed, split=part)
-                for variants in made.values():
+                for d, variants in made.items():
                     texts += variants
-                    labels += [0] * len(variants)
-    if not any(labels) or all(labels):
+                    names += [d] * len(variants)
+    opened = [n in domains for n in names]
+    if not any(opened) or all(opened):
         raise PaletteError("a gate needs both authorized and other prompts to train on")
-    return texts, labels
+    return texts, names
 
 
 def fit_gate(
@@ -247,27 +299,39 @@ def fit_gate(
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    texts, labels = gate_training_prompts(prompts, domains, config)
+    texts, names = gate_training_examples(prompts, domains, config)
     layer = default_gate_layer(model) if config.layer is None else config.layer
     x = gate_features(model, texts, layer, config.feature, batch_size)  # [n, d_model]
     centre = x.mean(0)
     scale = x.std(0).clamp_min(1e-6)
     z = ((x - centre) / scale).numpy().astype(np.float64)
-    y = np.asarray(labels)
+    y = np.asarray([int(n in domains) for n in names])
     clf = LogisticRegression(C=config.C, class_weight="balanced", max_iter=5000)
-    clf.fit(z, y)
-    gate = DomainGate(
-        tuple(domains), layer, config.feature, centre, scale, torch.tensor(clf.coef_[0], dtype=torch.float32),
-        float(clf.intercept_[0]), config.threshold, model.fingerprint,
-    )
+    if config.probe == "binary":
+        clf.fit(z, y)
+        gate = DomainGate(
+            tuple(domains), layer, config.feature, centre, scale, torch.tensor(clf.coef_[0], dtype=torch.float32),
+            float(clf.intercept_[0]), config.threshold, model.fingerprint,
+        )
+    else:
+        clf.fit(z, np.asarray(names))
+        coef, intercept = clf.coef_, clf.intercept_
+        if len(clf.classes_) == 2:  # sklearn fits one row for two classes: softmax([-a/2, a/2]) = σ(a)
+            coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+        weight = torch.tensor(np.ascontiguousarray(coef), dtype=torch.float32)  # [n_classes, d_model]
+        gate = DomainGate(
+            tuple(domains), layer, config.feature, centre, scale, weight,
+            torch.tensor(intercept, dtype=torch.float32), config.threshold, model.fingerprint,
+            classes=tuple(str(c) for c in clf.classes_),
+        )
     opened = (gate.probability(x) > config.threshold).numpy()
     pos, neg = y == 1, y == 0
     gate.calibration = {
         "tpr": float(opened[pos].mean()), "tnr": float((~opened[neg]).mean()),
         "n_open": int(pos.sum()), "n_closed": int(neg.sum()), "config": asdict(config) | {"layer": layer},
     }
-    log.info("gate for %s at layer %d (%s): train tpr %.2f, tnr %.2f on %d / %d prompts", "+".join(domains), layer,
-             config.feature, gate.calibration["tpr"], gate.calibration["tnr"], int(pos.sum()), int(neg.sum()))
+    log.info("%s gate for %s at layer %d (%s): train tpr %.2f, tnr %.2f on %d / %d prompts", config.probe,
+             "+".join(domains), layer, config.feature, gate.calibration["tpr"], gate.calibration["tnr"], int(pos.sum()), int(neg.sum()))
     return gate
 
 

@@ -9,6 +9,7 @@ import torch
 from test_adversarial import _write_builtin, tiny_run, toy_prompts  # noqa: F401 - tiny_run is a fixture
 
 from palette_lens.adversarial import AttackConfig, measure_leakage
+from palette_lens.data import PromptSet, Record
 from palette_lens.errors import PaletteError, UnknownDomainError
 from palette_lens.evaluate import EvalConfig, EvalSet, Evaluator
 from palette_lens.gate import (
@@ -17,6 +18,7 @@ from palette_lens.gate import (
     GateConfig,
     default_gate_layer,
     fit_gate,
+    gate_training_examples,
     gate_training_prompts,
 )
 
@@ -29,6 +31,11 @@ def toy():
 @pytest.fixture(scope="module")
 def gate(tiny_qwen, toy):
     return fit_gate(tiny_qwen, toy, ("cyber",), GateConfig(layer=1))
+
+
+@pytest.fixture(scope="module")
+def binary_gate(tiny_qwen, toy):
+    return fit_gate(tiny_qwen, toy, ("cyber",), GateConfig(layer=1, probe="binary"))
 
 
 def test_training_prompts_label_the_authorized_domain_open_and_never_use_the_test_split(toy):
@@ -54,6 +61,11 @@ def test_training_prompts_label_the_authorized_domain_open_and_never_use_the_tes
                                          for m in mixed)
     without, _ = gate_training_prompts(toy, ("cyber",), GateConfig(adversarial=False))
     assert set(without) == plain
+    texts_again, names = gate_training_examples(toy, ("cyber",))
+    assert texts_again == texts and [int(n == "cyber") for n in names] == labels
+    for text, name in zip(texts, names):  # a variant is named after the (other) domain of the request it wraps
+        if text not in plain:
+            assert name != "cyber" and any(q in text for q in toy.part(name, "train") + toy.part(name, "val"))
 
 
 @pytest.mark.parametrize("domains, error", [
@@ -67,29 +79,45 @@ def test_training_prompts_reject_bad_domains(toy, domains, error):
 @pytest.mark.parametrize("kw, match", [
     ({"feature": "max"}, "feature"), ({"threshold": 1.0}, "threshold"), ({"threshold": 0.0}, "threshold"),
     ({"C": 0.0}, "C must be positive"), ({"adversarial_kinds": ("direct",)}, "adversarial kinds"),
-    ({"adversarial_kinds": ()}, "adversarial kinds"),
+    ({"adversarial_kinds": ()}, "adversarial kinds"), ({"probe": "svm"}, "probe"),
 ])
 def test_bad_gate_settings_are_clear_errors(kw, match):
     with pytest.raises(PaletteError, match=match):
         GateConfig(**kw)
 
 
-def test_fitted_gate_separates_its_training_prompts_and_decides_per_prompt(tiny_qwen, toy, gate):
-    assert gate.domains == ("cyber",) and gate.layer == 1 and gate.weight.shape == (tiny_qwen.d_model,)
+@pytest.mark.parametrize("probe", ["domains", "binary"])
+def test_fitted_gate_separates_its_training_prompts_and_decides_per_prompt(tiny_qwen, toy, gate, binary_gate, probe):
+    gate = gate if probe == "domains" else binary_gate
+    assert gate.domains == ("cyber",) and gate.layer == 1
+    if probe == "domains":
+        assert gate.classes == tuple(sorted(toy.domains))
+        assert gate.weight.shape == (len(toy.domains), tiny_qwen.d_model) and gate.bias.shape == (len(toy.domains),)
+    else:
+        assert gate.classes == () and gate.weight.shape == (tiny_qwen.d_model,)
     cal = gate.calibration
-    assert cal["tpr"] >= 0.9 and cal["tnr"] >= 0.9 and cal["n_open"] == 8
+    assert cal["tpr"] >= 0.9 and cal["tnr"] >= 0.9 and cal["n_open"] == 8 and cal["config"]["probe"] == probe
     texts = toy.part("cyber", "test")[:6] + toy.part("violence", "test")[:6]
     x = gate.features(tiny_qwen, texts)
     p = gate.probability(x)
     assert p.shape == (12,) and bool(((p > 0) & (p < 1)).all())
     assert gate.opens(tiny_qwen, texts) == (p > gate.threshold).tolist()
+    per_domain = gate.domain_probabilities(x)
+    if probe == "domains":  # p(open) is the authorized domain's share of a distribution over every domain
+        assert torch.allclose(sum(per_domain.values()), torch.ones(12), atol=1e-5)
+        assert torch.allclose(p, per_domain["cyber"])
+    else:
+        assert per_domain == {}
     assert gate.opens(tiny_qwen, []) == []
     assert default_gate_layer(tiny_qwen) == tiny_qwen.n_layers // 4
     with pytest.raises(PaletteError, match="outside"):
         fit_gate(tiny_qwen, toy, ("cyber",), GateConfig(layer=tiny_qwen.n_layers))
 
 
-def test_saved_gate_reads_back_the_same_and_refuses_damage_or_another_model(tiny_qwen, tiny_llama, toy, gate, tmp_path):
+@pytest.mark.parametrize("probe", ["domains", "binary"])
+def test_saved_gate_reads_back_the_same_and_refuses_damage_or_another_model(tiny_qwen, tiny_llama, toy, gate,
+                                                                            binary_gate, tmp_path, probe):
+    gate = gate if probe == "domains" else binary_gate
     folder = gate.save(tmp_path / "g")
     again = DomainGate.load(folder, tiny_qwen)
     texts = toy.part("cyber", "test")[:4] + toy.part("hate", "test")[:4]
@@ -100,6 +128,12 @@ def test_saved_gate_reads_back_the_same_and_refuses_damage_or_another_model(tiny
         DomainGate.load(folder, tiny_llama)
     with pytest.raises(PaletteError, match="holds no gate"):
         DomainGate.load(tmp_path / "none")
+    if probe == "domains":  # classes that no longer fit the tensors
+        meta = json.loads((folder / "gate.json").read_text())
+        (folder / "gate.json").write_text(json.dumps(meta | {"classes": meta["classes"][:-1]}))
+        with pytest.raises(PaletteError, match="damaged"):
+            DomainGate.load(folder)
+        (folder / "gate.json").write_text(json.dumps(meta))
     data = bytearray((folder / GATE_FILE).read_bytes())
     data[-8:] = b"\x00" * 8
     (folder / GATE_FILE).write_bytes(bytes(data))
@@ -118,6 +152,21 @@ class _FixedGate:
 
     def meta(self) -> dict:
         return {"fixed": True}
+
+
+def test_a_two_domain_gate_opens_on_either_domain_and_a_two_class_probe_is_a_sigmoid(tiny_qwen, toy):
+    both = fit_gate(tiny_qwen, toy, ("cyber", "violence"), GateConfig(layer=1))
+    texts = toy.part("cyber", "test")[:3] + toy.part("violence", "test")[:3] + toy.part("harmless", "test")[:3]
+    x = both.features(tiny_qwen, texts)
+    per_domain = both.domain_probabilities(x)
+    assert torch.allclose(both.probability(x), per_domain["cyber"] + per_domain["violence"])
+    two = PromptSet({d: [Record(p, d) for p in toy.prompts(d)] for d in ("cyber", "harmless")})
+    pair = fit_gate(tiny_qwen, two, ("cyber",), GateConfig(layer=1, adversarial=False))
+    assert pair.classes == ("cyber", "harmless") and pair.weight.shape == (2, tiny_qwen.d_model)
+    x = pair.features(tiny_qwen, texts)
+    z = (x - pair.centre) / pair.scale
+    logit = z @ (pair.weight[0] - pair.weight[1]) + (pair.bias[0] - pair.bias[1])
+    assert torch.allclose(pair.probability(x), torch.sigmoid(logit), atol=1e-5)
 
 
 def test_evaluator_answers_closed_prompts_with_vanilla(tiny_qwen, tiny_run):  # noqa: F811
@@ -273,7 +322,7 @@ def test_cli_compose_gate_rejects_bad_input_before_loading_the_model(tiny_run, t
     (["--gate-kinds", "mixed,mixed"], True, ("mixed",)),
     (["--gate-kinds", "none"], False, None),
 ])
-def test_gate_kinds_choose_the_attack_families_the_gate_trains_on(argv, adversarial, kinds):
+def test_gate_kinds_choose_the_attack_families_the_gate_trains_on(argv, adversarial, kinds):  # and --gate-probe
     import argparse
 
     from palette_lens.commands.common import add_gate_arguments, gate_config_from_args
@@ -281,7 +330,8 @@ def test_gate_kinds_choose_the_attack_families_the_gate_trains_on(argv, adversar
     parser = argparse.ArgumentParser()
     add_gate_arguments(parser, "gate")
     config = gate_config_from_args(parser.parse_args(["--gate", *argv]))
-    assert config.adversarial is adversarial
+    assert config.adversarial is adversarial and config.probe == "domains"
+    assert gate_config_from_args(parser.parse_args(["--gate", "--gate-probe", "binary", *argv])).probe == "binary"
     if kinds is not None:
         assert config.adversarial_kinds == kinds
     assert gate_config_from_args(parser.parse_args(argv)) is None  # no --gate, no gate

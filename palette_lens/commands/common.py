@@ -85,12 +85,15 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_gate_arguments(parser: argparse.ArgumentParser, gate_help: str) -> None:
-    """``--gate``, ``--gate-layer``, ``--gate-threshold``, ``--gate-kinds`` (a domain gate, :mod:`palette_lens.gate`)."""
+    """``--gate``, ``--gate-layer``, ``--gate-threshold``, ``--gate-probe``, ``--gate-kinds`` (a domain gate, :mod:`palette_lens.gate`)."""
     parser.add_argument("--gate", action="store_true", help=gate_help)
     parser.add_argument("--gate-layer", type=int, default=None, metavar="L",
                         help="the layer the gate reads (default: a quarter of the way through the model)")
     parser.add_argument("--gate-threshold", type=float, default=0.3, metavar="P",
                         help="the gate opens above this probability (default 0.3)")
+    parser.add_argument("--gate-probe", choices=("domains", "binary"), default="domains",
+                        help="the gate's probe: 'domains' names the prompt's domain and opens on the authorized "
+                             "ones (default), 'binary' is authorized against the rest")
     parser.add_argument("--gate-kinds", default=None, metavar="K[,K...]",
                         help="attack kinds of the adversarial variants the gate trains on as closed examples "
                              "(profession, roleplay, mixed; 'none' for no variants; default: all three). Leave one "
@@ -103,14 +106,14 @@ def gate_config_from_args(args: argparse.Namespace):
 
     if not args.gate:
         return None
-    kinds_arg = getattr(args, "gate_kinds", None)
+    common = {"layer": args.gate_layer, "threshold": args.gate_threshold, "probe": args.gate_probe}
+    kinds_arg = args.gate_kinds
     if kinds_arg is None:
-        kinds = ADVERSARIAL_KINDS
-    elif kinds_arg.strip().lower() == "none":
-        return GateConfig(layer=args.gate_layer, threshold=args.gate_threshold, adversarial=False)
-    else:
-        kinds = tuple(dict.fromkeys(k.strip() for k in kinds_arg.split(",") if k.strip()))
-    return GateConfig(layer=args.gate_layer, threshold=args.gate_threshold, adversarial_kinds=kinds)
+        return GateConfig(**common, adversarial_kinds=ADVERSARIAL_KINDS)
+    if kinds_arg.strip().lower() == "none":
+        return GateConfig(**common, adversarial=False)
+    kinds = tuple(dict.fromkeys(k.strip() for k in kinds_arg.split(",") if k.strip()))
+    return GateConfig(**common, adversarial_kinds=kinds)
 
 
 def load_model_from_args(args: argparse.Namespace):
