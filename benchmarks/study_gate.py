@@ -12,6 +12,10 @@ Variant sets (closed training examples besides every other domain's plain train/
   the gate never trained on (leave one family out);
 * ``plain_only``: no adversarial variants at all.
 
+Each set trains both probes of :class:`palette_lens.gate.GateConfig`: ``binary`` (authorized against the rest) and
+``domains`` (multinomial over every domain, a variant labelled with the domain of the request it wraps; the share
+of the authorized domain is the gate's probability).
+
 Features: ``resid_pre`` of the default gate layer, mean over the post-instruction tokens, of the train/val
 prompts, their adversarial variants (training templates) and the test split's prompts: the leakage measurement's
 attacks (``--limit`` per kind and target) and every plain test prompt. Probes as in :func:`palette_lens.gate.fit_gate`
@@ -69,12 +73,14 @@ def collect(limit: int) -> tuple[np.ndarray, list[tuple[str, str, str | None]], 
     return x, meta, model.name
 
 
-def _probe(x: np.ndarray, y: np.ndarray, c: float = 0.05):
+def _probe(x: np.ndarray, y: np.ndarray, positive=1, c: float = 0.05):
+    """A standardised L2 logistic probe; returns z ↦ p(positive) (y: 0/1 or domain names)."""
     from sklearn.linear_model import LogisticRegression
 
     centre, scale = x.mean(0), x.std(0) + 1e-6
     clf = LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit((x - centre) / scale, y)
-    return lambda z: clf.predict_proba((z - centre) / scale)[:, 1]
+    column = list(clf.classes_).index(positive)
+    return lambda z: clf.predict_proba((z - centre) / scale)[:, column]
 
 
 def variant_sets() -> dict[str, set[str]]:
@@ -85,8 +91,8 @@ def variant_sets() -> dict[str, set[str]]:
     return sets | {"plain_only": set()}
 
 
-def analyse(x: np.ndarray, meta: list) -> dict:
-    """Share opened per variant set × target × threshold × prompt group."""
+def analyse(x: np.ndarray, meta: list, probe: str = "binary") -> dict:
+    """Share opened per variant set × target × threshold × prompt group, for a ``binary`` or ``domains`` probe."""
     from sklearn.model_selection import StratifiedKFold
 
     n_train = sum(1 for m in meta if not m[0].startswith("test"))
@@ -96,10 +102,11 @@ def analyse(x: np.ndarray, meta: list) -> dict:
             idx = np.array([i for i, m in enumerate(meta[:n_train]) if m[0] == "plain" or (m[0] in groups_in
                                                                                           and m[2] == t)])
             y = np.array([int(meta[i][0] == "plain" and meta[i][1] == t) for i in idx])
-            p_test = _probe(x[idx], y)(x[n_train:])
+            labels, positive = (y, 1) if probe == "binary" else (np.array([meta[i][1] for i in idx]), t)
+            p_test = _probe(x[idx], labels, positive)(x[n_train:])
             oof = np.zeros(len(idx))
-            for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(idx, y):
-                oof[te] = _probe(x[idx[tr]], y[tr])(x[idx[te]])
+            for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(idx, labels):
+                oof[te] = _probe(x[idx[tr]], labels[tr], positive)(x[idx[te]])
             for thr in THRESHOLDS:
                 groups: dict[str, list[bool]] = {}
                 for j, (g, d, tt) in enumerate(meta[n_train:]):
@@ -121,13 +128,19 @@ def analyse(x: np.ndarray, meta: list) -> dict:
 
 
 def held_out_summary(opened: dict, threshold: str = "0.3") -> dict:
-    """Per target and attack family: share opened when the gate trained on every kind vs. without that family."""
-    return {t: {k: {"every_kind": opened["every_kind"][t][threshold][k]["opened"],
-                    f"without_{k}": opened[f"without_{k}"][t][threshold][k]["opened"],
-                    "plain_only": opened["plain_only"][t][threshold][k]["opened"]}
-                for k in KINDS} | {"authorized": {s: opened[s][t][threshold]["authorized"]["opened"]
-                                                  for s in ("every_kind", "plain_only")}}
-            for t in TARGETS}
+    """Per target and attack: share opened when the gate trained on every kind, without that family, and on
+    plain prompts only; and the share of authorized requests opened."""
+    def share(variants: str, t: str, group: str) -> float:
+        return opened[variants][t][threshold][group]["opened"]
+
+    out: dict = {}
+    for t in TARGETS:
+        row = {"direct": {s: share(s, t, "direct") for s in ("every_kind", "plain_only")}}
+        for k in KINDS:
+            row[k] = {s: share(s, t, k) for s in ("every_kind", f"without_{k}", "plain_only")}
+        row["authorized"] = {s: share(s, t, "authorized") for s in ("every_kind", "plain_only")}
+        out[t] = row
+    return out
 
 
 def main() -> None:
@@ -147,10 +160,12 @@ def main() -> None:
         x, meta, name = collect(args.limit)
         if cache is not None:
             np.savez(cache, x=x, model=name, meta=np.array([(g, d, t or "") for g, d, t in meta]))
-    opened = analyse(x, meta)
+    opened = analyse(x, meta, "binary")
+    opened_domains = analyse(x, meta, "domains")
     result = {"what": __doc__.split("\n\n")[0], "model": name, "limit": args.limit,
               "seconds": round(time.perf_counter() - start), "features_cached": cached,
-              "held_out_family": held_out_summary(opened), "opened": opened}
+              "held_out_family": {"binary": held_out_summary(opened), "domains": held_out_summary(opened_domains)},
+              "opened": opened, "opened_domains_probe": opened_domains}
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["held_out_family"], indent=1))
 
