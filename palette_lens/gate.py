@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +156,24 @@ class DomainGate:
         if not prompts:
             return []
         return (self.probability(self.features(model, prompts, batch_size)) > self.threshold).tolist()
+
+    def readings(self, model: ChatModel, groups: Mapping[str, Sequence[str]],
+                 batch_size: int = 32) -> dict[str, dict[str, float]]:
+        """How a domain probe reads groups of prompts: group → class → mean probability (each row sums to 1).
+
+        Raises:
+            PaletteError: for a binary gate (it names no domain) or an empty group.
+        """
+        if not self.classes:
+            raise PaletteError("a binary gate names no domain; train it with probe='domains' to read prompts")
+        empty = [g for g, ps in groups.items() if not ps]
+        if empty:
+            raise PaletteError(f"no prompts in group {empty[0]!r}")
+        out: dict[str, dict[str, float]] = {}
+        for group, ps in groups.items():
+            per_class = self.domain_probabilities(self.features(model, list(ps), batch_size))
+            out[group] = {c: float(p.mean()) for c, p in per_class.items()}
+        return out
 
     def check_model(self, model: ChatModel) -> None:
         """Raise a clear error when ``model`` is not the base model the gate was trained on."""

@@ -312,17 +312,39 @@ def leakage_figure(
     Cells of a row's authorized domains (``authorized``: row → domains) are outlined: there refusal should
     be low; everywhere else (harmful columns) it should stay at the vanilla level.
     """
+    return _share_heatmap(rows, columns, matrix, authorized or {}, title, "refusal", "Reds")
+
+
+def gate_readings_figure(
+    readings: Mapping[str, Mapping[str, float]], authorized: Sequence[str],
+    title: str = "How the domain gate reads each group of prompts",
+) -> go.Figure:
+    """Heatmap of a domain gate's mean class probabilities (rows: prompt groups, columns: domains), from
+    :meth:`palette_lens.gate.DomainGate.readings`; the authorized domains' columns are outlined (their sum is what
+    opens the gate)."""
+    rows = list(readings)
+    columns = list(dict.fromkeys(c for r in readings.values() for c in r))
+    matrix = [[readings[r].get(c) for c in columns] for r in rows]
+    return _share_heatmap(rows, columns, matrix, {r: tuple(authorized) for r in rows}, title, "probability",
+                          "Blues")
+
+
+def _share_heatmap(
+    rows: Sequence[str], columns: Sequence[str], matrix: Sequence[Sequence[float | None]],
+    outlined: Mapping[str, Sequence[str]], title: str, value_title: str, colorscale: str,
+) -> go.Figure:
+    """A heatmap of shares in [0, 1] with the values in the cells and some cells per row outlined."""
     import plotly.graph_objects as go
 
     z = [[float("nan") if v is None else float(v) for v in row] for row in matrix]
     text = [["" if v is None else f"{v:.0%}" for v in row] for row in matrix]
     fig = go.Figure(go.Heatmap(
         z=z, x=list(columns), y=list(rows), text=text, texttemplate="%{text}", zmin=0.0, zmax=1.0,
-        colorscale="Reds", colorbar=dict(title="refusal"),
+        colorscale=colorscale, colorbar=dict(title=value_title),
         hovertemplate="%{y}<br>%{x}: %{z:.2f}<extra></extra>",
     ))
     for i, r in enumerate(rows):
-        for d in (authorized or {}).get(r, ()):
+        for d in outlined.get(r, ()):
             if d in columns:
                 j = list(columns).index(d)
                 fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,

@@ -169,6 +169,25 @@ def test_a_two_domain_gate_opens_on_either_domain_and_a_two_class_probe_is_a_sig
     assert torch.allclose(pair.probability(x), torch.sigmoid(logit), atol=1e-5)
 
 
+def test_readings_show_which_domain_a_gate_reads_each_group_as(tiny_qwen, toy, gate, binary_gate):
+    from palette_lens.viz import gate_readings_figure
+
+    groups = {"cyber": toy.part("cyber", "test")[:4], "violence": toy.part("violence", "test")[:4]}
+    readings = gate.readings(tiny_qwen, groups)
+    assert list(readings) == ["cyber", "violence"]
+    for row in readings.values():
+        assert set(row) == set(gate.classes) and abs(sum(row.values()) - 1.0) < 1e-4
+    assert readings["cyber"]["cyber"] > readings["violence"]["cyber"]
+    assert max(readings["violence"], key=readings["violence"].get) != "cyber"
+    fig = gate_readings_figure(readings, gate.domains)
+    assert list(fig.data[0].y) == ["cyber", "violence"] and list(fig.data[0].x) == list(gate.classes)
+    assert len(fig.layout.shapes) == 2  # the authorized column is outlined in each row
+    with pytest.raises(PaletteError, match="binary gate names no domain"):
+        binary_gate.readings(tiny_qwen, groups)
+    with pytest.raises(PaletteError, match="no prompts in group"):
+        gate.readings(tiny_qwen, {"empty": []})
+
+
 def test_evaluator_answers_closed_prompts_with_vanilla(tiny_qwen, tiny_run):  # noqa: F811
     from palette_lens.compose import merged_profile
 
