@@ -382,7 +382,9 @@ def test_cli_writes_table_and_json(tiny_qwen, tiny_run, tmp_path, monkeypatch, c
     (["--from", "{missing}"], "run folder not found"),
     (["--from", "{empty}"], "holds no adapters"),
     (["--from", "{run}", "--profile", "hate"], "has no adapter for hate"),
-    (["--from", "{run}", "--profile", "cyber+violence"], "single domains"),
+    (["--from", "{run}", "--profile", "cyber+cyber"], "repeats a domain"),
+    (["--from", "{run}", "--profile", "+"], "at least one domain"),
+    (["--from", "{run}", "--profile", "cyber+hate"], "has no adapter for hate"),
 ])
 def test_cli_errors_are_one_line_before_loading_the_model(tiny_run, tmp_path, monkeypatch, capsys, argv, match):
     from palette_lens import cli

@@ -280,6 +280,30 @@ def test_cli_gated_only_measures_only_the_gated_rows(tiny_qwen, tiny_run, tmp_pa
     assert list(doc["settings"]["authorized"]) == ["cyber gated"]
 
 
+def test_cli_measures_a_two_domain_profile_behind_its_own_gate(tiny_qwen, tiny_run, tmp_path, monkeypatch,  # noqa: F811
+                                                               capsys):
+    from palette_lens import cli
+    from palette_lens.commands import leakage
+
+    folder, _ = tiny_run
+    _write_builtin(tmp_path / "data", monkeypatch)
+    monkeypatch.setattr(leakage, "load_model_from_args", lambda args: tiny_qwen)
+    out = tmp_path / "leak.md"
+    code = cli.main(["leakage", "--from", str(folder), "--profile", "violence+cyber", "--attack", "mixed",
+                     "--limit", "4", "--max-new-tokens", "4", "--no-cache", "--gate", "--gate-layer", "1",
+                     "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["profile"], r["attack"]) for r in doc["rows"]] == [("violence+cyber", "mixed"),
+                                                                  ("violence+cyber gated", "mixed")]
+    assert doc["settings"]["authorized"] == {"violence+cyber": ["violence", "cyber"],
+                                             "violence+cyber gated": ["violence", "cyber"]}
+    mixed = [r for r in doc["records"] if r["kind"] == "mixed"]
+    assert mixed and all(r["domain"] not in ("cyber", "violence") for r in mixed)  # neither domain is a target
+    gate = DomainGate.load(out.parent / "gates" / "violence+cyber", tiny_qwen)
+    assert gate.domains == ("violence", "cyber")
+
+
 def test_cli_gated_only_without_gate_is_a_clear_error(tiny_run, tmp_path, monkeypatch, capsys):  # noqa: F811
     from palette_lens import cli
     from palette_lens.commands import leakage

@@ -1,6 +1,7 @@
-"""``palette-lens leakage``: non-target refusal of single-domain profiles under adversarial prompts.
+"""``palette-lens leakage``: non-target refusal of profiles under adversarial prompts.
 
-Reads the adapters of a finished run folder (``DIR/adapters/<domain>/``), builds for each profile the
+Reads the adapters of a finished run folder (``DIR/adapters/<domain>/``); a profile is one domain or several
+(``cyber+hate``: their adapters merged, as ``compose`` merges them). It builds for each profile the
 non-target test prompts framed as its profession, wrapped in role-play templates and mixed with a target
 request (:mod:`palette_lens.adversarial`), and compares the merged profile's refusal with vanilla's on the same
 prompts. Writes ``leakage.md`` and ``leakage.json`` (default: into ``DIR``). With ``--gate`` each profile is also
@@ -36,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--from", dest="source", required=True, metavar="DIR",
                         help="a finished run folder holding adapters/<domain>/ (demo, run or evaluate output)")
-    parser.add_argument("--profile", action="append", default=None, metavar="DOMAIN",
-                        help="a single-domain profile to attack (repeatable; default: every adapter in DIR)")
+    parser.add_argument("--profile", action="append", default=None, metavar="DOMAIN[+DOMAIN]",
+                        help="a profile to attack: one domain, or several joined by '+' whose adapters are merged "
+                             "(repeatable; default: every adapter in DIR alone)")
     parser.add_argument("--attack", action="append", default=None, choices=ATTACK_KINDS,
                         help="an attack kind (repeatable; default: all)")
     parser.add_argument("--limit", type=positive_int, default=24, help="prompts per profile and attack (default 24)")
@@ -74,6 +76,14 @@ def _run_settings(folder: Path) -> tuple[dict, str | None]:
     return config, data.get("hash")
 
 
+def _profiles(specs: list[str]) -> dict[str, tuple[str, ...]]:
+    """``--profile`` values → profile name ("cyber+hate", domains in the order given) → its domains."""
+    from ..compose import Profile
+
+    profiles = [Profile.parse(spec) for spec in specs]  # an empty or repeating profile is a PaletteError
+    return {p.name: p.domains for p in profiles}
+
+
 def run(args: argparse.Namespace) -> int:
     from ..adversarial import ATTACK_KINDS, AttackConfig, measure_leakage, professions_for
     from ..atomic import atomic_write_text
@@ -89,22 +99,21 @@ def run(args: argparse.Namespace) -> int:
     have = run_domains(folder)
     if not have:
         raise PaletteError(f"{folder} holds no adapters (expected {folder}/adapters/<domain>/)")
-    wanted = list(dict.fromkeys(args.profile or have))
-    for p in wanted:
-        if "+" in p or "," in p:
-            raise PaletteError(f"--profile takes single domains, not {p!r}")
-    missing = [d for d in wanted if d not in have]
+    wanted = _profiles(args.profile or have)
+    missing = [d for d in dict.fromkeys(d for p in wanted.values() for d in p) if d not in have]
     if missing:
         raise PaletteError(f"{folder} has no adapter for {', '.join(missing)}; it has {', '.join(have)}")
     prompts = load_data_from_args(args)
-    for d in wanted:
+    for d in dict.fromkeys(d for p in wanted.values() for d in p):
         prompts.check_domain(d)
         if d not in prompts.harmful_domains:
-            raise PaletteError(f"a profile must be a harmful domain, not {d!r}")
+            raise PaletteError(f"a profile must be made of harmful domains, not {d!r}")
+    if any(len(p) >= len(prompts.harmful_domains) for p in wanted.values()):
+        raise PaletteError("a profile must leave at least one harmful domain unauthorized to measure leakage")
     kinds = tuple(dict.fromkeys(args.attack or ATTACK_KINDS))
     if "profession" in kinds:
-        for d in wanted:
-            professions_for(d)
+        for p in wanted.values():
+            professions_for(p)
     out_md = Path(args.out).expanduser() if args.out else folder / "leakage.md"
     if out_md.is_dir():
         raise PaletteError(f"--out must be a file, but {out_md} is a folder")
@@ -127,19 +136,20 @@ def run(args: argparse.Namespace) -> int:
     gate_config = gate_config_from_args(args)
 
     model = load_model_from_args(args)
-    artifacts = load_run(folder, model, wanted)
-    profiles = {d: artifacts.adapters[d] for d in wanted}
-    authorized = {d: (d,) for d in wanted}
+    artifacts = load_run(folder, model, list(dict.fromkeys(d for p in wanted.values() for d in p)))
+    adapters = {name: [artifacts.adapters[d] for d in p] for name, p in wanted.items()}
+    profiles: dict = {name: a[0] if len(a) == 1 else a for name, a in adapters.items()}
+    authorized = dict(wanted)
     gates = {}
     if gate_config is not None:
-        for d in wanted:
-            gate = fit_gate(model, prompts, (d,), gate_config)
-            gate.save(out_md.parent / "gates" / d)
-            name = f"{d} gated"
-            profiles[name], authorized[name], gates[name] = artifacts.adapters[d], (d,), gate
+        for name, p in wanted.items():
+            gate = fit_gate(model, prompts, p, gate_config)
+            gate.save(out_md.parent / "gates" / name)
+            gated = f"{name} gated"
+            profiles[gated], authorized[gated], gates[gated] = profiles[name], p, gate
         if args.gated_only:
-            for d in wanted:
-                del profiles[d], authorized[d]
+            for name in wanted:
+                del profiles[name], authorized[name]
     table = measure_leakage(model, prompts, profiles, config, eval_config, cache=not args.no_cache,
                             authorized=authorized, gates=gates)
     table.settings["run_folder"] = str(folder)
