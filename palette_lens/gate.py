@@ -13,6 +13,10 @@ threshold; ``probe="binary"`` trains authorized-vs-rest instead. When the gate s
 closed the prompt is answered by the base model, so every closed prompt behaves exactly as vanilla; what the
 gate can cost is relaxation on authorized prompts it fails to open for (measured beside the leakage).
 
+With ``segment_veto`` the gate also reads each sentence of an opened prompt on its own (:func:`prompt_segments`)
+and stays shut when any sentence reads as another harmful domain: a request hidden behind a profession claim, a
+role-play frame or an authorized request is then judged by itself rather than diluted in its wrapper.
+
 This is conditional activation steering's idea (a condition read from the prompt decides whether the behaviour
 change applies) put in front of a baked adapter. The probe's parameters are plain tensors saved as safetensors
 with a content hash (no pickle); the gate records the base model's fingerprint and refuses another model.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +46,9 @@ GATE_META = "gate.json"
 FEATURES = ("mean", "last")
 ADVERSARIAL_KINDS = ("profession", "roleplay", "mixed")
 PROBES = ("domains", "binary")
+#: Sentence ends, colons and semicolons followed by space, and line breaks: where :func:`prompt_segments` cuts.
+_SEGMENT_BREAK = re.compile(r"(?<=[.!?:;])\s+|\n+")
+SEGMENT_MIN_WORDS = 4
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,9 @@ class GateConfig:
         probe: "domains", a multinomial probe naming the prompt's domain (variants labelled with the domain of the
             request they wrap; the gate opens on the authorized domains' summed probability), or "binary",
             authorized against everything else.
+        segment_veto: None (off), or a probability: a prompt the gate opens for stays shut when one of its
+            sentences (:func:`prompt_segments`) reads as the other harmful domains with more than this summed
+            probability (domain probe only).
     """
 
     layer: int | None = None
@@ -71,10 +82,17 @@ class GateConfig:
     adversarial_kinds: tuple[str, ...] = ADVERSARIAL_KINDS
     seed: int = 0
     probe: str = "domains"
+    segment_veto: float | None = None
 
     def __post_init__(self) -> None:
         if self.probe not in PROBES:
             raise PaletteError(f"gate probe must be one of {', '.join(PROBES)}, not {self.probe!r}")
+        if self.segment_veto is not None:
+            if not 0.0 < self.segment_veto < 1.0:
+                raise PaletteError(f"gate segment veto must lie in (0, 1), not {self.segment_veto}")
+            if self.probe != "domains":
+                raise PaletteError("the segment veto needs the domain probe (probe='domains'): a binary probe "
+                                   "names no domain to veto")
         if self.feature not in FEATURES:
             raise PaletteError(f"gate feature must be one of {', '.join(FEATURES)}, not {self.feature!r}")
         if not 0.0 < self.threshold < 1.0:
@@ -114,6 +132,8 @@ class DomainGate:
         base_fingerprint: the base model's weights fingerprint.
         calibration: accuracies on the training prompts and the counts used.
         classes: the domain probe's class names, in the order of ``weight``'s rows (empty: binary).
+        segment_veto: None, or the summed probability of the other harmful domains above which one sentence of a
+            prompt shuts the gate (:meth:`vetoed`).
     """
 
     domains: tuple[str, ...]
@@ -127,6 +147,7 @@ class DomainGate:
     base_fingerprint: str
     calibration: dict = field(default_factory=dict)
     classes: tuple[str, ...] = ()
+    segment_veto: float | None = None
 
     # ---- deciding
     def features(self, model: ChatModel, prompts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
@@ -152,10 +173,46 @@ class DomainGate:
         return {c: p[:, i] for i, c in enumerate(self.classes)}
 
     def opens(self, model: ChatModel, prompts: Sequence[str], batch_size: int = 32) -> list[bool]:
-        """Per prompt, whether the adapters apply (one forward pass to ``layer``)."""
+        """Per prompt, whether the adapters apply (one forward pass to ``layer``; with a segment veto one more
+        over the sentences of the prompts it opens for)."""
         if not prompts:
             return []
-        return (self.probability(self.features(model, prompts, batch_size)) > self.threshold).tolist()
+        opened = (self.probability(self.features(model, prompts, batch_size)) > self.threshold).tolist()
+        if self.segment_veto is not None:
+            idx = [i for i, o in enumerate(opened) if o]
+            for i, veto in zip(idx, self.vetoed(model, [prompts[i] for i in idx], batch_size)):
+                opened[i] = not veto
+        return opened
+
+    def other_harmful_probability(self, x: torch.Tensor) -> torch.Tensor:
+        """[n, d_model] → [n] summed probability of the harmful domains the gate does not open for."""
+        from .data import RESERVED
+
+        per_class = self.domain_probabilities(x)
+        others = [p for c, p in per_class.items() if c not in self.domains and c not in RESERVED]
+        if not others:
+            return torch.zeros(x.shape[0])
+        return torch.stack(others).sum(0)
+
+    def vetoed(self, model: ChatModel, prompts: Sequence[str], batch_size: int = 32) -> list[bool]:
+        """Per prompt, whether one of its sentences reads as another harmful domain (> ``segment_veto``).
+
+        A prompt of one sentence is never vetoed (the whole prompt was read already).
+        """
+        if self.segment_veto is None or not self.classes:
+            raise PaletteError("this gate has no segment veto (train it with segment_veto= and the domain probe)")
+        owners: list[int] = []
+        segments: list[str] = []
+        for i, text in enumerate(prompts):
+            pieces = prompt_segments(text)
+            owners += [i] * len(pieces)
+            segments += pieces
+        vetoed = [False] * len(prompts)
+        if segments:
+            other = self.other_harmful_probability(self.features(model, segments, batch_size))
+            for i, p in zip(owners, other.tolist()):
+                vetoed[i] = vetoed[i] or p > self.segment_veto
+        return vetoed
 
     def readings(self, model: ChatModel, groups: Mapping[str, Sequence[str]],
                  batch_size: int = 32) -> dict[str, dict[str, float]]:
@@ -189,7 +246,7 @@ class DomainGate:
         if self.scale.shape != d_model or self.centre.dim() != 1:
             return False
         if not self.classes:
-            return self.weight.shape == d_model
+            return self.weight.shape == d_model and self.segment_veto is None
         bias = torch.as_tensor(self.bias)
         return (self.weight.shape == (len(self.classes), d_model[0]) and bias.shape == (len(self.classes),)
                 and all(d in self.classes for d in self.domains))
@@ -200,8 +257,8 @@ class DomainGate:
         bias = [float(b) for b in torch.as_tensor(self.bias).reshape(-1)] if self.classes else float(self.bias)
         return {
             "domains": list(self.domains), "layer": self.layer, "feature": self.feature, "bias": bias,
-            "classes": list(self.classes), "threshold": self.threshold, "base_fingerprint": self.base_fingerprint,
-            "calibration": self.calibration,
+            "classes": list(self.classes), "threshold": self.threshold, "segment_veto": self.segment_veto,
+            "base_fingerprint": self.base_fingerprint, "calibration": self.calibration,
         }
 
     def save(self, folder: str | Path) -> Path:
@@ -237,6 +294,7 @@ class DomainGate:
                 tuple(meta["domains"]), int(meta["layer"]), str(meta["feature"]), tensors["centre"].float(),
                 tensors["scale"].float(), tensors["weight"].float(), bias, float(meta["threshold"]),
                 str(meta.get("base_fingerprint", "")), dict(meta.get("calibration") or {}), classes,
+                None if meta.get("segment_veto") is None else float(meta["segment_veto"]),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise PaletteError(f"the gate in {folder} is damaged ({exc}); train it again") from exc
@@ -245,6 +303,15 @@ class DomainGate:
         if model is not None:
             gate.check_model(model)
         return gate
+
+
+def prompt_segments(text: str, min_words: int = SEGMENT_MIN_WORDS) -> list[str]:
+    """The sentences of a prompt the segment veto reads on their own: cut at sentence ends, colons, semicolons and
+    line breaks, stripped of quotes, pieces under ``min_words`` words dropped. [] when fewer than two remain (a
+    one-sentence prompt is read whole anyway)."""
+    pieces = (p.strip().strip("\"'“”").strip() for p in _SEGMENT_BREAK.split(text))
+    kept = [p for p in pieces if len(p.split()) >= min_words]
+    return kept if len(kept) > 1 else []
 
 
 def gate_features(model: ChatModel, prompts: Sequence[str], layer: int, feature: str = "mean",
@@ -340,7 +407,7 @@ def fit_gate(
         gate = DomainGate(
             tuple(domains), layer, config.feature, centre, scale, weight,
             torch.tensor(intercept, dtype=torch.float32), config.threshold, model.fingerprint,
-            classes=tuple(str(c) for c in clf.classes_),
+            classes=tuple(str(c) for c in clf.classes_), segment_veto=config.segment_veto,
         )
     opened = (gate.probability(x) > config.threshold).numpy()
     pos, neg = y == 1, y == 0

@@ -85,7 +85,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_gate_arguments(parser: argparse.ArgumentParser, gate_help: str) -> None:
-    """``--gate``, ``--gate-layer``, ``--gate-threshold``, ``--gate-probe``, ``--gate-kinds`` (a domain gate, :mod:`palette_lens.gate`)."""
+    """``--gate``, ``--gate-layer``, ``--gate-threshold``, ``--gate-probe``, ``--gate-kinds``, ``--gate-segment-veto``
+    (a domain gate, :mod:`palette_lens.gate`)."""
     parser.add_argument("--gate", action="store_true", help=gate_help)
     parser.add_argument("--gate-layer", type=int, default=None, metavar="L",
                         help="the layer the gate reads (default: a quarter of the way through the model)")
@@ -98,6 +99,10 @@ def add_gate_arguments(parser: argparse.ArgumentParser, gate_help: str) -> None:
                         help="attack kinds of the adversarial variants the gate trains on as closed examples "
                              "(profession, roleplay, mixed; 'none' for no variants; default: all three). Leave one "
                              "out to measure the gate against an attack family it never saw")
+    parser.add_argument("--gate-segment-veto", type=float, default=None, metavar="P",
+                        help="also read each sentence of a prompt the gate opens for, and keep the gate shut when "
+                             "one reads as another harmful domain with probability above P (domain probe only; "
+                             "default: off)")
 
 
 def gate_config_from_args(args: argparse.Namespace):
@@ -106,7 +111,8 @@ def gate_config_from_args(args: argparse.Namespace):
 
     if not args.gate:
         return None
-    common = {"layer": args.gate_layer, "threshold": args.gate_threshold, "probe": args.gate_probe}
+    common = {"layer": args.gate_layer, "threshold": args.gate_threshold, "probe": args.gate_probe,
+              "segment_veto": args.gate_segment_veto}
     kinds_arg = args.gate_kinds
     if kinds_arg is None:
         return GateConfig(**common, adversarial_kinds=ADVERSARIAL_KINDS)
