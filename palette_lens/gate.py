@@ -68,6 +68,9 @@ class GateConfig:
         probe: "domains", a multinomial probe naming the prompt's domain (variants labelled with the domain of the
             request they wrap; the gate opens on the authorized domains' summed probability), or "binary",
             authorized against everything else.
+        authorized_variants: kinds ("profession", "roleplay") of variants of the authorized domains' own prompts
+            (training templates, their own professions) added as open examples, so that a legitimate user who
+            frames a request by their profession is read by the request rather than by the framing.
         segment_veto: None (off), or a probability: a prompt the gate opens for stays shut when one of its
             sentences (:func:`prompt_segments`) reads as the other harmful domains with more than this summed
             probability (domain probe only).
@@ -82,11 +85,15 @@ class GateConfig:
     adversarial_kinds: tuple[str, ...] = ADVERSARIAL_KINDS
     seed: int = 0
     probe: str = "domains"
+    authorized_variants: tuple[str, ...] = ()
     segment_veto: float | None = None
 
     def __post_init__(self) -> None:
         if self.probe not in PROBES:
             raise PaletteError(f"gate probe must be one of {', '.join(PROBES)}, not {self.probe!r}")
+        bad = [k for k in self.authorized_variants if k not in ("profession", "roleplay")]
+        if bad:
+            raise PaletteError(f"gate authorized variants must come from profession, roleplay (got {bad})")
         if self.segment_veto is not None:
             if not 0.0 < self.segment_veto < 1.0:
                 raise PaletteError(f"gate segment veto must lie in (0, 1), not {self.segment_veto}")
@@ -348,7 +355,7 @@ def gate_training_examples(
     the cyber gate then opened for 1 of 80 held-out mixed prompts instead of 6 of 80, at the same share of
     authorized requests (docs/leakage.md, "A domain gate trained on every attack kind").
     """
-    from .bake_augment import adversarial_negatives
+    from .bake_augment import adversarial_negatives, target_variants
 
     domains = tuple(domains)
     if not domains:
@@ -370,6 +377,11 @@ def gate_training_examples(
                 for d, variants in made.items():
                     texts += variants
                     names += [d] * len(variants)
+        if config.authorized_variants:
+            made = target_variants(prompts, domains, config.authorized_variants, seed=config.seed, split=part)
+            for d, variants in made.items():
+                texts += variants
+                names += [d] * len(variants)
     opened = [n in domains for n in names]
     if not any(opened) or all(opened):
         raise PaletteError("a gate needs both authorized and other prompts to train on")

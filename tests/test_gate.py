@@ -70,6 +70,22 @@ def test_training_prompts_label_the_authorized_domain_open_and_never_use_the_tes
             assert name != "cyber" and any(q in text for q in toy.part(name, "train") + toy.part(name, "val"))
 
 
+def test_authorized_variants_frame_the_authorized_prompts_as_their_profession_and_label_them_open(toy):
+    from palette_lens.adversarial import PROFESSIONS
+
+    plain_texts, plain_names = gate_training_examples(toy, ("cyber",))
+    texts, names = gate_training_examples(toy, ("cyber",), GateConfig(authorized_variants=("profession",)))
+    assert set(plain_texts) <= set(texts)
+    added = [(t, n) for t, n in zip(texts, names) if t not in set(plain_texts)]
+    own = toy.part("cyber", "train") + toy.part("cyber", "val")
+    assert len(added) == len(own) and all(n == "cyber" for _, n in added)  # one open variant per authorized prompt
+    for text, _ in added:
+        assert any(r in text for r in own) and any(prof in text for prof in PROFESSIONS["cyber"])
+    held_out = toy.part("cyber", "test")
+    assert not any(h in t for t, _ in added for h in held_out)
+    assert names.count("cyber") == plain_names.count("cyber") + len(own)
+
+
 @pytest.mark.parametrize("domains, error", [
     (("nope",), UnknownDomainError), (("harmless",), PaletteError), ((), PaletteError),
 ])
@@ -82,7 +98,7 @@ def test_training_prompts_reject_bad_domains(toy, domains, error):
     ({"feature": "max"}, "feature"), ({"threshold": 1.0}, "threshold"), ({"threshold": 0.0}, "threshold"),
     ({"C": 0.0}, "C must be positive"), ({"adversarial_kinds": ("direct",)}, "adversarial kinds"),
     ({"adversarial_kinds": ()}, "adversarial kinds"), ({"probe": "svm"}, "probe"),
-    ({"segment_veto": 0.0}, "segment veto"), ({"segment_veto": 1.0}, "segment veto"),
+    ({"authorized_variants": ("mixed",)}, "authorized variants"), ({"segment_veto": 0.0}, "segment veto"), ({"segment_veto": 1.0}, "segment veto"),
     ({"segment_veto": 0.5, "probe": "binary"}, "domain probe"),
 ])
 def test_bad_gate_settings_are_clear_errors(kw, match):
