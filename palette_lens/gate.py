@@ -70,10 +70,13 @@ class GateConfig:
             authorized against everything else.
         authorized_variants: kinds ("profession", "roleplay") of variants of the authorized domains' own prompts
             (training templates, their own professions) added as open examples, so that a legitimate user who
-            frames a request by their profession is read by the request rather than by the framing.
+            frames a request by their profession is read by the request rather than by the framing. Without them
+            the default model's gates opened for 12-40% of profession-framed authorized requests, with them for
+            65-80% (docs/leakage.md, "Reading each sentence").
         segment_veto: None (off), or a probability: a prompt the gate opens for stays shut when one of its
             sentences (:func:`prompt_segments`) reads as the other harmful domains with more than this summed
-            probability (domain probe only).
+            probability. Domain probe only (a binary gate needs None). On the default model 0.5 shut a cyber gate
+            that never trained on mixed prompts for 6% of them instead of 38%.
     """
 
     layer: int | None = None
@@ -85,8 +88,8 @@ class GateConfig:
     adversarial_kinds: tuple[str, ...] = ADVERSARIAL_KINDS
     seed: int = 0
     probe: str = "domains"
-    authorized_variants: tuple[str, ...] = ()
-    segment_veto: float | None = None
+    authorized_variants: tuple[str, ...] = ("profession",)
+    segment_veto: float | None = 0.5
 
     def __post_init__(self) -> None:
         if self.probe not in PROBES:
@@ -99,7 +102,7 @@ class GateConfig:
                 raise PaletteError(f"gate segment veto must lie in (0, 1), not {self.segment_veto}")
             if self.probe != "domains":
                 raise PaletteError("the segment veto needs the domain probe (probe='domains'): a binary probe "
-                                   "names no domain to veto")
+                                   "names no domain to veto; pass segment_veto=None with probe='binary'")
         if self.feature not in FEATURES:
             raise PaletteError(f"gate feature must be one of {', '.join(FEATURES)}, not {self.feature!r}")
         if not 0.0 < self.threshold < 1.0:

@@ -85,8 +85,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_gate_arguments(parser: argparse.ArgumentParser, gate_help: str) -> None:
-    """``--gate``, ``--gate-layer``, ``--gate-threshold``, ``--gate-probe``, ``--gate-kinds``, ``--gate-segment-veto``
-    (a domain gate, :mod:`palette_lens.gate`)."""
+    """``--gate``, ``--gate-layer``, ``--gate-threshold``, ``--gate-probe``, ``--gate-kinds``,
+    ``--gate-authorized-variants``, ``--gate-segment-veto`` (a domain gate, :mod:`palette_lens.gate`)."""
     parser.add_argument("--gate", action="store_true", help=gate_help)
     parser.add_argument("--gate-layer", type=int, default=None, metavar="L",
                         help="the layer the gate reads (default: a quarter of the way through the model)")
@@ -99,27 +99,55 @@ def add_gate_arguments(parser: argparse.ArgumentParser, gate_help: str) -> None:
                         help="attack kinds of the adversarial variants the gate trains on as closed examples "
                              "(profession, roleplay, mixed; 'none' for no variants; default: all three). Leave one "
                              "out to measure the gate against an attack family it never saw")
-    parser.add_argument("--gate-segment-veto", type=float, default=None, metavar="P",
+    parser.add_argument("--gate-authorized-variants", default=None, metavar="K[,K...]",
+                        help="kinds of variants of the authorized prompts the gate trains on as open examples "
+                             "(profession, roleplay; 'none' for none; default: the library's, profession), so that "
+                             "a request framed by its own profession is read by the request")
+    parser.add_argument("--gate-segment-veto", default=None, metavar="P",
                         help="also read each sentence of a prompt the gate opens for, and keep the gate shut when "
-                             "one reads as another harmful domain with probability above P (domain probe only; "
-                             "default: off)")
+                             "one reads as another harmful domain with probability above P ('off' to read prompts "
+                             "whole only; default: the library's, 0.5; domain probe only)")
+
+
+def _kind_list(text: str) -> tuple[str, ...]:
+    """``"a, b,a"`` → ("a", "b"); ``"none"`` → ()."""
+    if text.strip().lower() == "none":
+        return ()
+    return tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
 
 
 def gate_config_from_args(args: argparse.Namespace):
-    """The :class:`palette_lens.gate.GateConfig` of ``--gate*`` (checked before the model loads), or None."""
-    from ..gate import ADVERSARIAL_KINDS, GateConfig
+    """The :class:`palette_lens.gate.GateConfig` of ``--gate*`` (checked before the model loads), or None.
+
+    Settings not given keep :class:`~palette_lens.gate.GateConfig`'s defaults; a binary probe has no segment veto
+    unless one is asked for (and then it is an error).
+    """
+    from ..errors import PaletteError
+    from ..gate import GateConfig
 
     if not args.gate:
         return None
-    common = {"layer": args.gate_layer, "threshold": args.gate_threshold, "probe": args.gate_probe,
-              "segment_veto": args.gate_segment_veto}
-    kinds_arg = args.gate_kinds
-    if kinds_arg is None:
-        return GateConfig(**common, adversarial_kinds=ADVERSARIAL_KINDS)
-    if kinds_arg.strip().lower() == "none":
-        return GateConfig(**common, adversarial=False)
-    kinds = tuple(dict.fromkeys(k.strip() for k in kinds_arg.split(",") if k.strip()))
-    return GateConfig(**common, adversarial_kinds=kinds)
+    settings: dict = {"layer": args.gate_layer, "threshold": args.gate_threshold, "probe": args.gate_probe}
+    if args.gate_kinds is not None:
+        kinds = _kind_list(args.gate_kinds)
+        if args.gate_kinds.strip().lower() == "none":
+            settings["adversarial"] = False
+        else:
+            settings["adversarial_kinds"] = kinds
+    if args.gate_authorized_variants is not None:
+        settings["authorized_variants"] = _kind_list(args.gate_authorized_variants)
+    veto = args.gate_segment_veto
+    if veto is None:
+        if args.gate_probe == "binary":
+            settings["segment_veto"] = None
+    elif veto.strip().lower() == "off":
+        settings["segment_veto"] = None
+    else:
+        try:
+            settings["segment_veto"] = float(veto)
+        except ValueError:
+            raise PaletteError(f"--gate-segment-veto takes a probability or 'off', not {veto!r}") from None
+    return GateConfig(**settings)
 
 
 def load_model_from_args(args: argparse.Namespace):
