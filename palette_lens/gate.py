@@ -72,7 +72,7 @@ class GateConfig:
             (training templates, their own professions) added as open examples, so that a legitimate user who
             frames a request by their profession is read by the request rather than by the framing. Without them
             the default model's gates opened for 12-40% of profession-framed authorized requests, with them for
-            65-80% (docs/leakage.md, "Reading each sentence").
+            65-80% (docs/leakage.md, "The gate's defaults since 2026-11-25").
         segment_veto: None (off), or a probability: a prompt the gate opens for stays shut when one of its
             sentences (:func:`prompt_segments`) reads as the other harmful domains with more than this summed
             probability. Domain probe only (a binary gate needs None). On the default model 0.5 shut a cyber gate
