@@ -255,6 +255,8 @@ class DomainGate:
         d_model = self.centre.shape
         if self.scale.shape != d_model or self.centre.dim() != 1:
             return False
+        if self.segment_veto is not None and not 0.0 < self.segment_veto < 1.0:
+            return False
         if not self.classes:
             return self.weight.shape == d_model and self.segment_veto is None
         bias = torch.as_tensor(self.bias)
@@ -353,6 +355,9 @@ def gate_training_examples(
     prompts: PromptSet, domains: Sequence[str], config: GateConfig = GateConfig()
 ) -> tuple[list[str], list[str]]:
     """The gate's training prompts and the domain each belongs to (a variant: the domain of the request it wraps).
+
+    With ``config.authorized_variants`` the authorized domains' prompts also come framed (training templates, their
+    own professions), named after their domain, i.e. open.
 
     One variant of every kind per prompt rather than one per prompt with the kind rotating: on the default model
     the cyber gate then opened for 1 of 80 held-out mixed prompts instead of 6 of 80, at the same share of

@@ -219,6 +219,10 @@ def test_a_gate_with_a_segment_veto_saves_it_and_older_gates_load_without(tiny_q
     (binary / "gate.json").write_text(json.dumps(meta | {"segment_veto": 0.5}))
     with pytest.raises(PaletteError, match="damaged"):  # a binary probe names no domain to veto
         DomainGate.load(binary)
+    meta = json.loads((folder / "gate.json").read_text())
+    (folder / "gate.json").write_text(json.dumps(meta | {"segment_veto": 5.0}))
+    with pytest.raises(PaletteError, match="damaged"):  # not a probability
+        DomainGate.load(folder)
 
 
 class _FixedGate:
