@@ -30,7 +30,8 @@ def main() -> None:
     from palette_lens.attack_prompts import profession_framed
     from palette_lens.data import load_prompts
     from palette_lens.evaluate import EvalConfig, EvalSet, Evaluator
-    from palette_lens.gate import GateConfig, fit_gate
+    from palette_lens.gate import GateConfig
+    from palette_lens.gate_training import fit_gate
     from palette_lens.models import load_model
     from palette_lens.runs import load_run, run_domains
 

@@ -61,7 +61,8 @@ def _features(model, texts: list[str], layer: int, cache: dict[str, torch.Tensor
 
 def main() -> None:
     from palette_lens.data import load_prompts
-    from palette_lens.gate import GateConfig, default_gate_layer, fit_gate, prompt_segments
+    from palette_lens.gate import GateConfig, default_gate_layer, prompt_segments
+    from palette_lens.gate_training import fit_gate
     from palette_lens.models import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

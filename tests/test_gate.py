@@ -40,6 +40,15 @@ def binary_gate(tiny_qwen, toy):
     return fit_gate(tiny_qwen, toy, ("cyber",), GateConfig(layer=1, probe="binary", segment_veto=None))
 
 
+def test_training_names_live_in_gate_training_and_stay_importable_from_gate():
+    from palette_lens import gate, gate_training
+
+    for name in ("fit_gate", "gate_training_examples", "gate_training_prompts"):
+        assert getattr(gate, name) is getattr(gate_training, name)
+    with pytest.raises(AttributeError):
+        gate.no_such_name  # noqa: B018
+
+
 def test_training_prompts_label_the_authorized_domain_open_and_never_use_the_test_split(toy):
     texts, labels = gate_training_prompts(toy, ("cyber",), GateConfig(authorized_variants=()))
     assert len(texts) == len(labels)

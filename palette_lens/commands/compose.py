@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         profile_adapters,
         runtime_profile,
     )
-    from ..gate import fit_gate, gate_training_prompts
+    from ..gate_training import fit_gate, gate_training_prompts
 
     profile = Profile.parse(args.profile) if args.profile else None
     gate_config = gate_config_from_args(args)

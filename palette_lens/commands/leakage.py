@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import atomic_write_text
     from ..errors import PaletteError
     from ..evaluate import EvalConfig
-    from ..gate import fit_gate
+    from ..gate_training import fit_gate
     from ..runs import load_run, run_domains
 
     # everything that can be checked without the model first
