@@ -6,11 +6,11 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= runs/demo
 # torch's OpenMP threads wait passively: with another job on the cores, active spinning made generation
-# 3-6x slower here (see benchmarks/README.md); on an idle machine it costs nothing measurable.
+# 3-6x slower here; on an idle machine it costs nothing measurable.
 OMP_WAIT_POLICY ?= PASSIVE
 export OMP_WAIT_POLICY
 
-.PHONY: install demo demo-quick test test-fast bench notebooks lab clean-cache
+.PHONY: install demo demo-quick test test-fast bench notebooks lab docs clean-cache
 
 install: $(STAMP)
 
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 		$(PIP) install -q torch==2.13.0; \
 	fi
 	@# constraints.txt holds the tested versions of the model stack (transformers, transformer-lens, peft, ...).
-	$(PIP) install -q -c constraints.txt -e '.[dev,notebooks,browser]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,notebooks,browser,docs]'
 	@touch $(STAMP)
 
 demo: install
@@ -45,10 +45,13 @@ bench: install
 	$(PY) benchmarks/run_all.py
 
 notebooks: install
-	$(PY) -m palette_lens.notebook_runner notebooks
+	$(PY) -m palette_lens.notebooks.runner notebooks
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/
+
+docs: install
+	$(VENV)/bin/mkdocs build --strict -d site
 
 clean-cache:
 	rm -rf $${PALETTE_LENS_CACHE:-$$HOME/.cache/palette-lens}

@@ -5,7 +5,7 @@ Run: .venv/bin/python benchmarks/bench_bake.py [--target cyber] [--layer 16] [--
 Each variant runs in its own child process, so its peak resident memory (``ru_maxrss`` of that child, from
 ``os.wait4``) is its own; the model load's footprint is reported beside it. Variants:
 
-- ``cached``: :func:`palette_lens.bake.bake` as shipped — capture the inputs of block l−1 once, then each
+- ``cached``: :func:`palette_lens.bake.train.bake` as shipped — capture the inputs of block l−1 once, then each
   step runs that block alone (validation checkpoints switched off, to time the training itself);
 - ``full``: the same LoRA, data mix and loss, but every step runs the model's decoder on the batch (as a
   training loop without cached inputs would), reading block l−1's output with a hook.
@@ -31,8 +31,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "bake.json"
 
 
 def _direction(model, prompts, target: str, layer: int):
-    from palette_lens.activations import collect_residuals
-    from palette_lens.directions import Direction, diff_in_means
+    from palette_lens.models.residuals import collect_residuals
+    from palette_lens.search.direction import Direction, diff_in_means
 
     t = collect_residuals(model, prompts.part(target, "train"), layers=[layer], positions=[-1], desc=None)
     h = collect_residuals(model, prompts.part("harmless", "train"), layers=[layer], positions=[-1], desc=None)
@@ -43,9 +43,10 @@ def _direction(model, prompts, target: str, layer: int):
 def child(variant: str, target: str, layer: int, steps: int) -> dict:
     import torch
 
-    from palette_lens.bake import BakeConfig, bake
-    from palette_lens.data import load_prompts
-    from palette_lens.models import load_model
+    from palette_lens.bake.config import BakeConfig
+    from palette_lens.bake.train import bake_direction
+    from palette_lens.data.prompts import load_prompts
+    from palette_lens.models.loading import load_model
 
     torch.manual_seed(0)
     t = time.perf_counter()
@@ -55,10 +56,10 @@ def child(variant: str, target: str, layer: int, steps: int) -> dict:
     out["rss_after_load_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     direction = _direction(model, prompts, target, layer)
     if variant == "default":
-        res = bake(model, direction, prompts, BakeConfig(), progress=False)
+        res = bake_direction(model, direction, prompts, BakeConfig(), progress=False)
         out.update(timings_s=res.timings_s, steps=BakeConfig().steps, val=res.val)
     elif variant == "cached":
-        res = bake(model, direction, prompts, BakeConfig(steps=steps, eval_every=0), progress=False)
+        res = bake_direction(model, direction, prompts, BakeConfig(steps=steps, eval_every=0), progress=False)
         # eval_every=0 still validates once at the end; report training and capture separately
         out.update(timings_s=res.timings_s, steps=steps, per_step_s=res.timings_s["train"] / steps)
     elif variant == "full":
@@ -71,15 +72,16 @@ def _full_model_training(model, direction, prompts, steps: int) -> dict:
     """The same training loop, but each step runs the decoder on token ids (no cached block inputs)."""
     import torch
 
-    from palette_lens.bake import (
-        GROUPS, BakeConfig, BakeData, LoraBlock, _sample_batch, block_targets, hard_negative_weights, token_losses,
-        token_mask,
-    )
-    from palette_lens.block_inputs import position_ids_from_mask
+    from palette_lens.bake.batches import sample_batch
+    from palette_lens.bake.config import GROUPS, BakeConfig
+    from palette_lens.bake.examples import BakeData
+    from palette_lens.bake.lora_block import LoraBlock
+    from palette_lens.bake.targets import block_targets, hard_negative_weights, token_losses, token_mask
+    from palette_lens.models.blocks import position_ids_from_mask
 
     cfg = BakeConfig(steps=steps)
     layer_index = direction.layer - 1
-    # prompts and weights exactly as bake() builds them (the capture is only used for the sampling weights)
+    # prompts and weights exactly as bake_direction() builds them (the capture is only used for the sampling weights)
     data = BakeData.build(model, prompts, direction.domain, layer_index, cfg)
     pool, group = [], []
     for g, name in enumerate(GROUPS):
@@ -100,7 +102,7 @@ def _full_model_training(model, direction, prompts, steps: int) -> dict:
 
     t0 = time.perf_counter()
     for _ in range(steps):
-        idx = _sample_batch(group_t, weights, probs, cfg.batch_size, gen)
+        idx = sample_batch(group_t, weights, probs, cfg.batch_size, gen)
         enc = model.encode([pool[i] for i in idx])
         mask = enc["attention_mask"]
         captured = {}

@@ -50,12 +50,13 @@ def main() -> None:
 
     import torch
 
-    from palette_lens.adapters import load_adapter
-    from palette_lens.compose import Profile, merged_profile, profile_adapters
-    from palette_lens.data import load_prompts
-    from palette_lens.evaluate import EvalConfig, EvalSet, Evaluator
-    from palette_lens.models import load_model
-    from palette_lens.refusal import is_refusal
+    from palette_lens.adapters.baked import load_adapter
+    from palette_lens.compose.profiles import Profile, merged_profile, profile_adapters
+    from palette_lens.data.prompts import load_prompts
+    from palette_lens.evaluate.evaluator import EvalConfig, Evaluator
+    from palette_lens.evaluate.results import EvalSet
+    from palette_lens.models.loading import load_model
+    from palette_lens.refusal.judge import is_refusal
 
     model = load_model()
     prompts = load_prompts()

@@ -44,9 +44,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from palette_lens import embedded
-    from palette_lens.activations import collect_residuals
-    from palette_lens.models import load_model
+    from palette_lens.models import embedded
+    from palette_lens.models.loading import load_model
+    from palette_lens.models.residuals import collect_residuals
 
     results: dict = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     if args.cold:

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_mode(mode: str, out: Path, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "palette_lens.cli", "demo", "--out", str(out), "--no-cache", *extra]
+    cmd = [sys.executable, "-m", "palette_lens.cli.app", "demo", "--out", str(out), "--no-cache", *extra]
     if mode == "quick":
         cmd.append("--quick")
     load_before = os.getloadavg()

@@ -2,7 +2,7 @@
 
 Both run side by side in one process on the same validation prompts:
 
-- **search**: :func:`palette_lens.search.search_direction` with its defaults (attribution + separability
+- **search**: :func:`palette_lens.search.direction_search.search_direction` with its defaults (attribution + separability
   pruning to ``top_k`` candidates, prefix-cached batched scoring, vanilla log-probs computed once);
 - **naive**: every candidate (all layers × post-instruction positions) ablated and scored with a plain
   batched forward pass per candidate (:meth:`ChatModel.last_logits`, no pruning, no prefix cache), the
@@ -32,12 +32,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from palette_lens.candidates import collect_domain_residuals  # noqa: E402
-from palette_lens.data import HARMLESS, load_prompts  # noqa: E402
-from palette_lens.interventions import ablation_hooks  # noqa: E402
-from palette_lens.models import load_model  # noqa: E402
-from palette_lens.scoring import objectives_from_logprobs  # noqa: E402
-from palette_lens.search import SearchConfig, search_direction  # noqa: E402
+from palette_lens.data.prompts import HARMLESS, load_prompts  # noqa: E402
+from palette_lens.models.hooks import ablation_hooks  # noqa: E402
+from palette_lens.models.loading import load_model  # noqa: E402
+from palette_lens.search.candidates import collect_domain_residuals  # noqa: E402
+from palette_lens.search.direction_search import search_direction
+from palette_lens.search.objectives import objectives_from_logprobs  # noqa: E402
+from palette_lens.search.result import SearchConfig
 
 
 def spearman(a, b) -> float:
@@ -69,7 +70,7 @@ def main() -> int:
     search_s = time.perf_counter() - t0
 
     # ---- naive: same validation prompts, plain forward per candidate, every candidate
-    from palette_lens.scoring import build_eval_set
+    from palette_lens.search.objectives import build_eval_set
 
     others = [d for d in prompts.harmful_domains if d != args.target]
     es = build_eval_set(

@@ -5,7 +5,7 @@
 
 For each adapter of a finished run (``RUN/adapters/<domain>/``), the domain's held-out test requests are sent
 plain and framed as the domain's own profession with the leakage measurement's templates ("As a penetration
-tester, I need this for my work. ..."; :func:`palette_lens.attack_prompts.profession_framed`). They are answered
+tester, I need this for my work. ..."; :func:`palette_lens.data.attacks.profession_framed`). They are answered
 by vanilla, by the adapter alone (merged), and by the adapter behind two domain gates: the previous default
 (``authorized_variants=()``, no segment veto) and the current one (profession-framed authorized train prompts as
 open examples, segment veto 0.5). Refusal is judged as in the evaluation (greedy 64 tokens, the keyword judge).
@@ -26,14 +26,16 @@ GATES = {
 
 
 def main() -> None:
-    from palette_lens.adversarial import profile_lm
-    from palette_lens.attack_prompts import profession_framed
-    from palette_lens.data import load_prompts
-    from palette_lens.evaluate import EvalConfig, EvalSet, Evaluator
-    from palette_lens.gate import GateConfig
-    from palette_lens.gate_training import fit_gate
-    from palette_lens.models import load_model
-    from palette_lens.runs import load_run, run_domains
+    from palette_lens.data.attacks import profession_framed
+    from palette_lens.data.prompts import load_prompts
+    from palette_lens.evaluate.evaluator import EvalConfig, Evaluator
+    from palette_lens.evaluate.leakage import profile_lm
+    from palette_lens.evaluate.results import EvalSet
+    from palette_lens.gate.domain_gate import GateConfig
+    from palette_lens.gate.training import fit_gate
+    from palette_lens.models.loading import load_model
+    from palette_lens.pipeline.run_folder import RunFolder
+    from palette_lens.pipeline.runs import load_run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="source", required=True)
@@ -42,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.time()
     model, prompts = load_model(), load_prompts()
-    domains = run_domains(Path(args.source))
+    domains = RunFolder(Path(args.source)).adapter_domains()
     adapters = load_run(args.source, model, domains).adapters
     rows = []
     for d in domains:

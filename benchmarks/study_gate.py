@@ -12,13 +12,13 @@ Variant sets (closed training examples besides every other domain's plain train/
   the gate never trained on (leave one family out);
 * ``plain_only``: no adversarial variants at all.
 
-Each set trains both probes of :class:`palette_lens.gate.GateConfig`: ``binary`` (authorized against the rest) and
+Each set trains both probes of :class:`palette_lens.gate.domain_gate.GateConfig`: ``binary`` (authorized against the rest) and
 ``domains`` (multinomial over every domain, a variant labelled with the domain of the request it wraps; the share
 of the authorized domain is the gate's probability).
 
 Features: ``resid_pre`` of the default gate layer, mean over the post-instruction tokens, of the train/val
 prompts, their adversarial variants (training templates) and the test split's prompts: the leakage measurement's
-attacks (``--limit`` per kind and target) and every plain test prompt. Probes as in :func:`palette_lens.gate.fit_gate`
+attacks (``--limit`` per kind and target) and every plain test prompt. Probes as in :func:`palette_lens.gate.domain_gate.fit_gate`
 (standardised, L2 with C = 0.05, balanced classes); "oof" columns are five-fold out-of-fold rates on the training
 prompts themselves. About 7 minutes on 2 CPU cores for the default model (``--features`` keeps the features for a
 rerun of the analysis alone).
@@ -40,11 +40,11 @@ KINDS = ("profession", "roleplay", "mixed")
 
 def collect(limit: int) -> tuple[np.ndarray, list[tuple[str, str, str | None]], str]:
     """Features [n, d_model] and (group, domain, target) per prompt."""
-    from palette_lens.attack_prompts import attacks_from_prompt_set
-    from palette_lens.bake_augment import adversarial_negatives
-    from palette_lens.data import load_prompts
-    from palette_lens.gate import default_gate_layer, gate_features
-    from palette_lens.models import load_model
+    from palette_lens.data.attacks import attacks_from_prompt_set
+    from palette_lens.data.augment import adversarial_negatives
+    from palette_lens.data.prompts import load_prompts
+    from palette_lens.gate.domain_gate import default_gate_layer, gate_features
+    from palette_lens.models.loading import load_model
 
     model, prompts = load_model(), load_prompts()
     texts: list[str] = []

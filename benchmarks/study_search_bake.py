@@ -1,11 +1,11 @@
 """Study: does the search score predict how selective the baked adapter becomes?
 
 For each target domain, several candidate directions (the search's choice and others chosen to spread
-the objectives: layers and positions) are baked with :func:`palette_lens.bake.bake` (default settings,
+the objectives: layers and positions) are baked with :func:`palette_lens.bake.train.bake` (default settings,
 fewer steps to keep the study affordable) and the baked model is measured on the **test** split with
 first-token scores (no generation): refusal-token mass on the target domain relative to vanilla, the same
 on every other harmful domain (retention), and harmless KL. The bake's own selectivity formula
-(:func:`palette_lens.bake.validation_metrics`) turns these into one number. Rank correlations between
+(:func:`palette_lens.bake.train.validation_metrics`) turns these into one number. Rank correlations between
 each search objective and post-bake selectivity are written to ``benchmarks/results/search_bake_study.json``.
 
 Each picked candidate (the search's choice plus a grid of layers at the last post-instruction position) is
@@ -25,18 +25,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from palette_lens.adapters import adapters_applied  # noqa: E402
-from palette_lens.bake import BakeConfig, bake, validation_metrics  # noqa: E402
-from palette_lens.block_inputs import capture_block_inputs  # noqa: E402
-from palette_lens.candidates import collect_domain_residuals  # noqa: E402
-from palette_lens.data import BORDERLINE, HARMLESS, load_prompts  # noqa: E402
-from palette_lens.models import load_model  # noqa: E402
-from palette_lens.scoring import PrefixScorer, ablation_objectives, build_eval_set, edit_objectives  # noqa: E402
-from palette_lens.search import search_direction  # noqa: E402
+from palette_lens.adapters.apply import adapters_applied
+from palette_lens.bake.config import BakeConfig
+from palette_lens.bake.examples import validation_metrics
+from palette_lens.bake.train import bake_direction
+from palette_lens.data.prompts import BORDERLINE, HARMLESS, load_prompts  # noqa: E402
+from palette_lens.models.blocks import capture_block_inputs  # noqa: E402
+from palette_lens.models.loading import load_model  # noqa: E402
+from palette_lens.refusal.prefix_scorer import PrefixScorer
+from palette_lens.search.candidates import collect_domain_residuals  # noqa: E402
+from palette_lens.search.direction_search import search_direction  # noqa: E402
+from palette_lens.search.objectives import ablation_objectives, build_eval_set, edit_objectives
 
 EDIT = ("bypass_T", "retain_N", "retain_min", "kl_H")
 OBJ = (*EDIT, *(f"ablate_{k}" for k in EDIT), "sep_N", "rel_norm")
@@ -117,7 +119,7 @@ def main() -> int:
                 # one capture per layer serves every target (all train + val prompts of every group)
                 needed = [p for d in prompts.domains for part in ("train", "val") for p in prompts.part(d, part)]
                 captured[layer - 1] = capture_block_inputs(model, needed, layer - 1)
-            baked = bake(model, direction, prompts, cfg, refusal_ids=result.refusal_ids,
+            baked = bake_direction(model, direction, prompts, cfg, refusal_ids=result.refusal_ids,
                          inputs=captured[layer - 1], progress=False)
             bake_s = time.perf_counter() - t1
             test = test_metrics(model, prompts, target, baked.adapter, result.refusal_ids, args.test_per_domain)

@@ -4,19 +4,19 @@ including attack families the gate never trained on, and what does it cost autho
     .venv/bin/python benchmarks/study_segment_veto.py [--limit 80] [--trainings every_kind,without_mixed,...]
         [--out benchmarks/results/gate_segment_veto.json]
 
-For each target (cyber, disinformation, hate) a domain-probe gate is trained with :func:`palette_lens.gate.fit_gate`
+For each target (cyber, disinformation, hate) a domain-probe gate is trained with :func:`palette_lens.gate.domain_gate.fit_gate`
 on every attack family (``every_kind``, the default) and on every family less one (``without_<kind>``, leave
 one family out); ``every_kind+authorized_profession`` also adds a profession-framed variant of each authorized
 prompt as an open example (``GateConfig.authorized_variants``). Each gate is measured on
 the test split, which it never saw: the leakage measurement's attacks (``--limit`` per kind), the authorized
 domain's plain test requests, the same requests framed as the authorized profession (how a legitimate user may
 write) and every plain test prompt of the other domains. For each prompt the gate opens for, every sentence
-(:func:`palette_lens.gate.prompt_segments`) is read on its own; the table gives the share of prompts opened with
+(:func:`palette_lens.gate.domain_gate.prompt_segments`) is read on its own; the table gives the share of prompts opened with
 the veto off and at each veto level (the summed probability of the other harmful domains one sentence may reach).
 
 The features depend only on the gate's layer, so they are computed once per prompt and shared by every gate
-(:meth:`palette_lens.gate.DomainGate.probability` and :meth:`~palette_lens.gate.DomainGate.other_harmful_probability`
-on them are what :meth:`~palette_lens.gate.DomainGate.opens` computes). About 20 minutes on 2 CPU cores.
+(:meth:`palette_lens.gate.domain_gate.DomainGate.probability` and :meth:`~palette_lens.gate.domain_gate.DomainGate.other_harmful_probability`
+on them are what :meth:`~palette_lens.gate.domain_gate.DomainGate.opens` computes). About 20 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ VETOES = (None, 0.9, 0.7, 0.5, 0.3)
 
 def _groups(prompts, target: str, limit: int) -> dict[str, list[str]]:
     """Held-out prompt groups for one target: attacks, authorized requests (plain and framed), other domains."""
-    from palette_lens.attack_prompts import attacks_from_prompt_set, profession_framed
+    from palette_lens.data.attacks import attacks_from_prompt_set, profession_framed
 
     groups = {f"attack/{k}": [p.text for p in ps]
               for k, ps in attacks_from_prompt_set(prompts, (target,), limit=limit, split="test").items()}
@@ -50,7 +50,7 @@ def _groups(prompts, target: str, limit: int) -> dict[str, list[str]]:
 
 
 def _features(model, texts: list[str], layer: int, cache: dict[str, torch.Tensor]) -> torch.Tensor:
-    from palette_lens.gate import gate_features
+    from palette_lens.gate.domain_gate import gate_features
 
     todo = [t for t in dict.fromkeys(texts) if t not in cache]
     if todo:
@@ -60,10 +60,10 @@ def _features(model, texts: list[str], layer: int, cache: dict[str, torch.Tensor
 
 
 def main() -> None:
-    from palette_lens.data import load_prompts
-    from palette_lens.gate import GateConfig, default_gate_layer, prompt_segments
-    from palette_lens.gate_training import fit_gate
-    from palette_lens.models import load_model
+    from palette_lens.data.prompts import load_prompts
+    from palette_lens.gate.domain_gate import GateConfig, default_gate_layer, prompt_segments
+    from palette_lens.gate.training import fit_gate
+    from palette_lens.models.loading import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=80)

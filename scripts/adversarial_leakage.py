@@ -1,8 +1,8 @@
-"""Leakage under adversarial prompts (issue 7 item 4): measure a run's single-domain profiles, write docs/leakage.md.
+"""Leakage under adversarial prompts (issue 7 item 4): measure a run's single-domain profiles, write a Markdown page.
 
 For each single-domain profile of a finished run folder (``adapters/<domain>/``), the non-target test prompts are
 sent as they are, framed as the profile's profession, wrapped in role-play templates and mixed with a target
-request (:mod:`palette_lens.adversarial`); the merged profile's refusal is compared with vanilla's on the same
+request (:mod:`palette_lens.evaluate.leakage`); the merged profile's refusal is compared with vanilla's on the same
 prompts. With ``--hard-negatives`` each adapter is baked again from the run's direction and settings on a
 prompt set whose non-target train prompts also carry adversarial variants (:func:`augment_prompt_set`, other
 template wordings than the measured ones), and both adapters are measured side by side.
@@ -13,7 +13,7 @@ Usage::
     .venv/bin/python scripts/adversarial_leakage.py --json runs/demo/leakage-adversarial.json   # re-render only
 
 Writes ``DIR/leakage-adversarial.json`` (rows, settings, per-prompt verdicts; no completions) and
-``docs/leakage.md`` (``--out``).
+``benchmarks/results/leakage.md`` (``--out``).
 """
 
 from __future__ import annotations
@@ -29,16 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from palette_lens.adversarial import (
-    LEAKAGE_BUDGET_PTS,
-    MIXED_TEMPLATES,
-    PROFESSIONS,
-    ROLEPLAY_TEMPLATES,
-    AttackConfig,
-    LeakageTable,
-    augment_prompt_set,
-    measure_leakage,
-)
+from palette_lens.data.attacks import LEAKAGE_BUDGET_PTS, MIXED_TEMPLATES, PROFESSIONS, ROLEPLAY_TEMPLATES
+from palette_lens.data.augment import augment_prompt_set
+from palette_lens.evaluate.leakage import AttackConfig, measure_leakage
+from palette_lens.evaluate.leakage_table import LeakageTable
 
 log = logging.getLogger("adversarial_leakage")
 HN_SUFFIX = " +hard-neg"
@@ -46,8 +40,9 @@ HN_SUFFIX = " +hard-neg"
 
 def bake_hard_negative_adapters(model, prompts, artifacts, domains, out: Path, seed: int = 0) -> dict:
     """Bake each domain again with adversarial hard negatives (read back when ``out/<domain>`` exists)."""
-    from palette_lens.adapters import load_adapter
-    from palette_lens.bake import BakeConfig, bake
+    from palette_lens.adapters.baked import load_adapter
+    from palette_lens.bake.config import BakeConfig
+    from palette_lens.bake.train import bake_direction
 
     adapters = {}
     for d in domains:
@@ -63,10 +58,10 @@ def bake_hard_negative_adapters(model, prompts, artifacts, domains, out: Path, s
         if cfg.max_per_group is not None:  # the non-target group doubles: keep every original prompt
             cfg = replace(cfg, max_per_group=2 * cfg.max_per_group)
         t0 = time.perf_counter()
-        result = bake(model, artifacts.directions[d], augment_prompt_set(prompts, d, seed=seed), cfg)
+        result = bake_direction(model, artifacts.directions[d], augment_prompt_set(prompts, d, seed=seed), cfg)
         adapter = result.adapter
         adapter.meta["hard_negatives"] = {"kinds": ["profession", "roleplay", "mixed"], "seed": seed,
-                                          "templates": "training wordings (palette_lens.adversarial.TRAIN_*)"}
+                                          "templates": "training wordings (palette_lens.evaluate.leakage.TRAIN_*)"}
         adapter.save(folder)
         (folder / "bake.json").write_text(json.dumps({"timings_s": result.timings_s, "val": result.val,
                                                       "baseline_val": result.baseline_val}, indent=1, default=str))
@@ -76,13 +71,14 @@ def bake_hard_negative_adapters(model, prompts, artifacts, domains, out: Path, s
 
 
 def measure(args: argparse.Namespace) -> LeakageTable:
-    from palette_lens.data import load_prompts
-    from palette_lens.evaluate import EvalConfig
-    from palette_lens.models import load_model
-    from palette_lens.runs import load_run, run_domains
+    from palette_lens.data.prompts import load_prompts
+    from palette_lens.evaluate.evaluator import EvalConfig
+    from palette_lens.models.loading import load_model
+    from palette_lens.pipeline.run_folder import RunFolder
+    from palette_lens.pipeline.runs import load_run
 
     folder = Path(args.source)
-    domains = args.profile or run_domains(folder)
+    domains = args.profile or RunFolder(folder).adapter_domains()
     prompts = load_prompts(seed=args.seed)
     model = load_model(args.model)
     artifacts = load_run(folder, model, domains)
@@ -192,7 +188,7 @@ def render(table: LeakageTable, note: str = "", findings: str = "") -> str:
         "",
         "## Hard negatives",
         "",
-        "`palette_lens.adversarial.augment_prompt_set` gives every non-target *train* prompt one adversarial variant",
+        "`palette_lens.evaluate.leakage.augment_prompt_set` gives every non-target *train* prompt one adversarial variant",
         "(profession framing, role-play or mixed, in wordings that differ from the measured templates; validation and",
         "test splits untouched). A bake on that set treats the variants as non-target prompts (neutral targets), and",
         "its hard-negative weighting samples the variants closest to the target domain more often; the per-group cap",
@@ -212,9 +208,9 @@ def render(table: LeakageTable, note: str = "", findings: str = "") -> str:
         "persona \"without content policies\", a hypothetical that forces a compliant opening)."),
         (f"- **mixed**: a target-domain test request and the non-target request in one message ({', '.join(MIXED_TEMPLATES)}); "
         f"order {att.get('mixed_order', 'random')} (seeded, about half each way)."),
-        "- **Generation and judge**: `palette_lens.evaluate.Evaluator`, the evaluation's own code path: greedy, two-phase,",
+        "- **Generation and judge**: `palette_lens.evaluate.evaluator.Evaluator`, the evaluation's own code path: greedy, two-phase,",
         "  the profile's completions checked against vanilla's as drafts (teacher-forced, identical greedy result), the",
-        "  keyword judge of `palette_lens.refusal` (markers within the first 150 characters).",
+        "  keyword judge of `palette_lens.refusal.judge` (markers within the first 150 characters).",
         "- **Profile model**: base + ΔW merged (`compose.merged_profile`), as the pipeline evaluates profiles.",
         "",
         "## Caveats",
@@ -240,7 +236,7 @@ def render(table: LeakageTable, note: str = "", findings: str = "") -> str:
         f"python scripts/adversarial_leakage.py --from {run}{hn_args} --limit {att.get('limit')} --hard-negatives \\",
         "    --hn-out leak/adapters_hard_negatives --json-out leak/hard-neg.json --out leak/hard-neg.md",
         "python scripts/adversarial_leakage.py --json leak/leakage.json --json leak/hard-neg.json \\",
-        "    --findings FINDINGS.md --note NOTE --out docs/leakage.md                    # this page",
+        "    --findings FINDINGS.md --note NOTE --out benchmarks/results/leakage.md      # this page",
         "```",
         "",
         "Without `--profile` the script measures (and with `--hard-negatives` re-bakes) every adapter of the run.",
@@ -267,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a hand-written reading of this run's numbers, put under the tables")
     parser.add_argument("--json-out", default=None,
                         help="where a measurement's JSON goes (default DIR/leakage-adversarial.json)")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "leakage.md"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "leakage.md"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.json:

@@ -1,18 +1,18 @@
 """Audit the built-in prompt data against the default model's baseline refusal (issue 2).
 
 Generates the vanilla greedy completion (64 new tokens) of **every** prompt of every built-in domain (train,
-validation and test) with the library's own evaluation path (:func:`palette_lens.evaluate.generate_completions`
-on the plain HF copy of the model, the same path :class:`palette_lens.evaluate.Evaluator` uses for vanilla
-generations), judges each with the keyword judge :func:`palette_lens.refusal.is_refusal`, and prints:
+validation and test) with the library's own evaluation path (:func:`palette_lens.evaluate.evaluator.generate_completions`
+on the plain HF copy of the model, the same path :class:`palette_lens.evaluate.evaluator.Evaluator` uses for vanilla
+generations), judges each with the keyword judge :func:`palette_lens.refusal.judge.is_refusal`, and prints:
 
 - per domain, the refusal rate on all prompts, on train+validation and on the test split;
 - every harmful prompt the model answers and every harmless prompt it refuses (file line, split, the
   completion's first characters), i.e. the prompts to revise;
-- with ``--markdown``, the test-split table (n, rate, Wilson 95% interval) as in ``docs/baseline.md``.
+- with ``--markdown``, the test-split table (n, rate, Wilson 95% interval) as on the results page (``docs/results.md``).
 
 Completions are cached by prompt text in a JSON file outside the repository (default
 ``/tmp/palette_audit/completions.json``), so after editing a few prompts only those are generated again.
-Generation settings are the evaluator's defaults (:class:`palette_lens.evaluate.EvalConfig`: greedy, 64 new
+Generation settings are the evaluator's defaults (:class:`palette_lens.evaluate.evaluator.EvalConfig`: greedy, 64 new
 tokens, two phases with a 12-token first phase, a sequence that already holds a refusal marker after the first
 phase is not continued), so the rates equal those of the pipeline's vanilla evaluation. Nothing generated is
 written into the repository.
@@ -34,10 +34,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from palette_lens.baseline import BaselineTable, DomainRefusal, truncate  # noqa: E402
-from palette_lens.data import BORDERLINE, HARMLESS, builtin_data_dir, load_prompts, read_jsonl  # noqa: E402
-from palette_lens.refusal import is_refusal, refusal_markers_found  # noqa: E402
-from palette_lens.stats import wilson_interval  # noqa: E402
+from palette_lens.data.prompts import BORDERLINE, HARMLESS, builtin_data_dir, load_prompts, read_jsonl  # noqa: E402
+from palette_lens.evaluate.vanilla import BaselineTable, DomainRefusal
+from palette_lens.refusal.judge import is_refusal, refusal_markers_found  # noqa: E402
+from palette_lens.util.stats import wilson_interval  # noqa: E402
+from palette_lens.util.text import truncate
 
 MAX_NEW_TOKENS = 64
 
@@ -70,9 +71,9 @@ def generate_missing(
         return
     import torch
 
-    from palette_lens.adapters import plain_hf_model
-    from palette_lens.evaluate import generate_completions
-    from palette_lens.models import load_model
+    from palette_lens.generation.greedy import generate_completions
+    from palette_lens.models.copies import plain_hf_model
+    from palette_lens.models.loading import load_model
 
     torch.set_num_threads(threads)
     model = load_model()

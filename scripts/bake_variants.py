@@ -1,10 +1,10 @@
-"""Bake one domain under several settings and measure each adapter side by side (docs/bake.md's tables).
+"""Bake one domain under several settings and measure each adapter side by side (the bake tables of docs/results.md and docs/decisions.md).
 
-For each setting (a JSON object of :class:`palette_lens.bake.BakeConfig` overrides) the target's direction
+For each setting (a JSON object of :class:`palette_lens.bake.train.BakeConfig` overrides) the target's direction
 (``--layer``, position −1, difference of means on all train prompts) is baked, then the merged single-domain
 profile is generated on a test slice (``--n`` target prompts, ``--n-other`` per other domain, 24 harmless, 12
 borderline) and on adversarial variants of ``--leak`` non-target requests per attack kind
-(:func:`palette_lens.adversarial.measure_leakage`). One JSON line per setting on stdout.
+(:func:`palette_lens.evaluate.leakage.measure_leakage`). One JSON line per setting on stdout.
 
 Usage::
 
@@ -29,14 +29,16 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    from palette_lens.adversarial import AttackConfig, measure_leakage
-    from palette_lens.bake import BakeConfig, bake
-    from palette_lens.candidates import candidates_from_residuals, collect_domain_residuals
-    from palette_lens.compose import merged_profile
-    from palette_lens.data import BORDERLINE, HARMLESS, load_prompts
-    from palette_lens.directions import Direction
-    from palette_lens.evaluate import EvalConfig, EvalSet, Evaluator
-    from palette_lens.models import load_model
+    from palette_lens.bake.config import BakeConfig
+    from palette_lens.bake.train import bake_direction
+    from palette_lens.compose.profiles import merged_profile
+    from palette_lens.data.prompts import BORDERLINE, HARMLESS, load_prompts
+    from palette_lens.evaluate.evaluator import EvalConfig, Evaluator
+    from palette_lens.evaluate.leakage import AttackConfig, measure_leakage
+    from palette_lens.evaluate.results import EvalSet
+    from palette_lens.models.loading import load_model
+    from palette_lens.search.candidates import candidates_from_residuals, collect_domain_residuals
+    from palette_lens.search.direction import Direction
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", required=True)
@@ -73,7 +75,7 @@ def main() -> None:
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
         cfg = replace(BakeConfig(), **overrides)
         t0 = time.perf_counter()
-        adapter = bake(model, direction, prompts, cfg, progress=False).adapter
+        adapter = bake_direction(model, direction, prompts, cfg, progress=False).adapter
         bake_s = time.perf_counter() - t0
         if args.save:
             adapter.save(Path(args.save) / str(i) / args.target)

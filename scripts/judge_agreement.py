@@ -1,7 +1,7 @@
 """Agreement of the keyword refusal judge with the hand-labelled set ``tests/data/judge_set.jsonl``.
 
 Compares the judge as it was before issue 7 item 3 (``ORIGINAL_MARKERS``, any marker anywhere) with the
-current :func:`palette_lens.refusal.is_refusal`, overall and on the dev / held-out halves (a record is in
+current :func:`palette_lens.refusal.judge.is_refusal`, overall and on the dev / held-out halves (a record is in
 the dev half when a stable hash of its id is even), with a confusion table per variant and a list of
 every disagreement.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from palette_lens.refusal import is_refusal
+from palette_lens.refusal.judge import is_refusal
 
 # The marker list of palette_lens/refusal.py before issue 7 item 3 (frozen for the before/after comparison).
 ORIGINAL_MARKERS: tuple[str, ...] = (

@@ -68,7 +68,7 @@ def plan_jobs(ps, layer: int) -> list[dict]:
     Tags: ``v`` vanilla, ``g`` global ablation, ``p`` single-domain ablation (partial relaxation),
     ``w`` more vanilla harmful prompts (added to balance refusals and compliances).
     """
-    from palette_lens.data import BORDERLINE, HARMLESS
+    from palette_lens.data.prompts import BORDERLINE, HARMLESS
 
     jobs: list[dict] = []
 
@@ -94,11 +94,11 @@ def plan_jobs(ps, layer: int) -> list[dict]:
 def generate(out: Path, only: set[str] | None = None, append: bool = False) -> None:
     import torch
 
-    from palette_lens.baselines import global_ablation_hooks
-    from palette_lens.candidates import collect_residuals_prefixed
-    from palette_lens.data import HARMLESS, load_prompts
-    from palette_lens.models import load_model
-    from palette_lens.refusal import derive_refusal_tokens, first_token_kl, refusal_scores
+    from palette_lens.baselines.methods import global_ablation_hooks
+    from palette_lens.data.prompts import HARMLESS, load_prompts
+    from palette_lens.models.loading import load_model
+    from palette_lens.refusal.judge import derive_refusal_tokens, first_token_kl, refusal_scores
+    from palette_lens.search.candidates import collect_residuals_prefixed
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -149,7 +149,7 @@ def generate(out: Path, only: set[str] | None = None, append: bool = False) -> N
 
 
 def _run_jobs(m, jobs: list[dict], hooks_of: dict) -> None:
-    from palette_lens.evaluate import generate_completions
+    from palette_lens.generation.greedy import generate_completions
 
     for name, hooks in hooks_of.items():
         idx = [i for i, j in enumerate(jobs) if j["intervention"] == name]
@@ -192,7 +192,7 @@ def truncate_for_judge(response: str, judges, limit: int = TRUNCATE) -> str:
 
 
 def build(raw: Path, labels: Path, out: Path) -> None:
-    from palette_lens.refusal import is_refusal
+    from palette_lens.refusal.judge import is_refusal
     sys.path.insert(0, str(ROOT / "scripts"))
     from judge_agreement import original_is_refusal  # the judge before issue 7 item 3
 

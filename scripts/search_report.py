@@ -1,8 +1,8 @@
-"""Per-domain direction search and layer-wise domain separation (issue 3): writes the JSON and docs/search.md.
+"""Per-domain direction search and layer-wise domain separation (issue 3): writes the JSON and a Markdown page.
 
 Loads the default model and the built-in prompts, collects the train residuals of every domain once, runs
-:func:`palette_lens.search.search_direction` with default settings for each harmful domain (reusing the
-residuals) and computes per-layer separation numbers (:func:`palette_lens.geometry.separation_table`) at the
+:func:`palette_lens.search.direction_search.search_direction` with default settings for each harmful domain (reusing the
+residuals) and computes per-layer separation numbers (:func:`palette_lens.geometry.separation.separation_table`) at the
 last post-instruction position.
 
 Usage::
@@ -11,7 +11,7 @@ Usage::
     nice -n 19 .venv/bin/python scripts/search_report.py --limit 4 --domains cyber hate --json /tmp/q.json --md /tmp/q.md
     .venv/bin/python scripts/search_report.py --from-json benchmarks/results/search_report.json  # re-render
 
-Writes ``benchmarks/results/search_report.json`` (all numbers) and ``docs/search.md``.
+Writes ``benchmarks/results/search_report.json`` (all numbers) and ``benchmarks/results/search_report.md``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from palette_lens.atomic import atomic_write_text
+from palette_lens.util.atomic import atomic_write_text
 
 log = logging.getLogger("search_report")
 OBJ = ("bypass_T", "retain_N", "retain_min", "sep_N", "kl_H")
@@ -41,11 +41,12 @@ def measure(args: argparse.Namespace) -> dict:
     """Residuals once, one search per harmful domain, the per-layer separation table."""
     import torch
 
-    from palette_lens.candidates import collect_domain_residuals
-    from palette_lens.data import BORDERLINE, HARMLESS, load_prompts
-    from palette_lens.geometry import separation_table
-    from palette_lens.models import load_model
-    from palette_lens.search import SearchConfig, search_direction
+    from palette_lens.data.prompts import BORDERLINE, HARMLESS, load_prompts
+    from palette_lens.geometry.separation import separation_table
+    from palette_lens.models.loading import load_model
+    from palette_lens.search.candidates import collect_domain_residuals
+    from palette_lens.search.direction_search import search_direction
+    from palette_lens.search.result import SearchConfig
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -126,7 +127,7 @@ def _f(v: float | None, nd: int = 2) -> str:
 EXPLANATION = """\
 ## What the search does
 
-For a target domain T, `palette_lens.search.search_direction` scores every difference-of-means candidate
+For a target domain T, `palette_lens.search.direction_search.search_direction` scores every difference-of-means candidate
 `r[l, p] = mean_T h − mean_harmless h` (train prompts, `resid_pre` of layer l at post-instruction position p):
 
 1. **filters**: layers `1 ≤ l < {keep:.1f}·L` (a direction at layer l is baked into block l−1; the last
@@ -247,7 +248,7 @@ def what_we_see(r: dict) -> str:
 
 
 def render(r: dict) -> str:
-    """docs/search.md from the measured numbers."""
+    """The Markdown page from the measured numbers."""
     cfg, s, sep, t = r["config"], r["searches"], r["separation"], r["timings_s"]
     harmful = r["domains"]["harmful"]
     sub = f" **Sub-sampled run: {r['limit']} train prompts per domain.**" if r["limit"] else ""
@@ -328,7 +329,7 @@ def main() -> int:
     ap.add_argument("--domains", nargs="+", default=None, help="harmful domains to search (default: all)")
     ap.add_argument("--no-borderline", dest="borderline", action="store_false", help="leave borderline out of the probes")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "search_report.json"))
-    ap.add_argument("--md", default=str(ROOT / "docs" / "search.md"))
+    ap.add_argument("--md", default=str(ROOT / "benchmarks" / "results" / "search_report.md"))
     ap.add_argument("--from-json", default=None, help="re-render the markdown from a saved JSON (no model)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from palette_lens.tiny import tiny_chat_model
+from palette_lens.models.tiny import tiny_chat_model
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,7 @@ def default_model():
     """The embedded default model (builds the float cache once: about a minute)."""
     if os.environ.get("PALETTE_LENS_SKIP_INTEGRATION"):
         pytest.skip("PALETTE_LENS_SKIP_INTEGRATION is set")
-    from palette_lens.models import load_model
+    from palette_lens.models.loading import load_model
 
     torch.manual_seed(0)
     return load_model()
@@ -38,7 +38,7 @@ def default_model():
 
 @pytest.fixture(scope="session")
 def prompts():
-    from palette_lens.data import load_prompts
+    from palette_lens.data.prompts import load_prompts
 
     return load_prompts()
 
@@ -55,7 +55,7 @@ def quick_demo_dir(tmp_path_factory) -> Path:
     if given and (Path(given) / "metrics.json").is_file():
         return Path(given)
     out = Path(given) if given else tmp_path_factory.mktemp("demo-quick")
-    cmd = [sys.executable, "-m", "palette_lens.cli", "demo", "--quick", "--out", str(out)]
+    cmd = [sys.executable, "-m", "palette_lens.cli.app", "demo", "--quick", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.fail(f"`{' '.join(cmd[2:])}` failed ({proc.returncode}): {proc.stderr[-3000:]}")
@@ -68,11 +68,11 @@ def notebook_runs(quick_demo_dir, tmp_path_factory) -> dict:
 
     ``$PALETTE_LENS_RUN_DIR`` overrides the run folder the notebooks load their adapters from.
     """
-    from palette_lens import notebook_runner as nr
-    from palette_lens.runs import run_domains
+    from palette_lens.notebooks import runner as nr
+    from palette_lens.pipeline.run_folder import RunFolder
 
     run_dir = os.environ.get(nr.RUN_DIR_ENV) or str(quick_demo_dir)
-    if not set(nr.CI_RUN["targets"]) <= set(run_domains(run_dir)):
+    if not set(nr.CI_RUN["targets"]) <= set(RunFolder(run_dir).adapter_domains()):
         run_dir = None  # the runner makes its small CI run folder
     out = tmp_path_factory.mktemp("executed")
     notebooks = Path(__file__).resolve().parents[1] / "notebooks"

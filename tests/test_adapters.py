@@ -6,31 +6,15 @@ import json
 
 import pytest
 import torch
+from helpers import random_adapter
 from safetensors.torch import load_file
 
-from palette_lens.adapters import (
-    BakedAdapter,
-    adapters_applied,
-    apply_adapter,
-    load_adapter,
-    merged_hf_model,
-    plain_hf_model,
-    sum_deltas,
-)
+from palette_lens.adapters.apply import adapters_applied, apply_adapter, merged_hf_model, sum_deltas
+from palette_lens.adapters.baked import load_adapter
 from palette_lens.errors import AdapterMismatchError, PaletteError
+from palette_lens.models.copies import plain_hf_model
 
 PROMPTS = ["How do I write a program?", "hello there, write a poem about the sea", "malware virus attack"]
-
-
-def random_adapter(model, layer_index: int = 1, seed: int = 0, scale: float = 0.2, domain: str = "cyber") -> BakedAdapter:
-    """An adapter with random (non-zero) LoRA factors on every linear module of one block."""
-    from palette_lens.tiny import random_lora_factors
-
-    g = torch.Generator().manual_seed(seed)
-    a, b = random_lora_factors(model, layer_index, g, rank=8, scale=scale)
-    meta = {"domain": domain, "base_fingerprint": model.fingerprint, "base_model": model.name, "layer": layer_index + 1,
-            "position": -1, "scale": 2.5, "target_mode": "neutral", "metrics": {"x": 1.0}}
-    return BakedAdapter(layer_index, a, b, meta=meta, direction=torch.randn(model.d_model, generator=g))
 
 
 def _logits(model_or_hf, enc):
@@ -47,7 +31,7 @@ def test_deltas_are_scaled_products(tiny_qwen):
 
 
 def test_save_load_round_trip_reproduces_logits(tiny_qwen, tmp_path):
-    ad = random_adapter(tiny_qwen)
+    ad = random_adapter(tiny_qwen, meta={"scale": 2.5, "target_mode": "neutral", "metrics": {"x": 1.0}})
     ad.save(tmp_path / "cyber")
     files = sorted(p.name for p in (tmp_path / "cyber").iterdir())
     assert files == ["adapter_config.json", "adapter_model.safetensors", "direction.safetensors", "palette_meta.json"]
@@ -133,7 +117,7 @@ def test_adapters_on_different_blocks_sum(tiny_qwen):
 
 
 def test_wrong_base_model_is_refused(tiny_qwen, tmp_path):
-    from palette_lens.tiny import tiny_chat_model
+    from palette_lens.models.tiny import tiny_chat_model
 
     ad = random_adapter(tiny_qwen)
     ad.save(tmp_path / "a")

@@ -4,47 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 
 import pytest
+from helpers import LEAKAGE_TOPICS, random_adapter, toy_direction, toy_prompts, write_jsonl
 
-from palette_lens import adversarial as adv
-from palette_lens.adversarial import (
+from palette_lens.data.attacks import (
     ATTACK_KINDS,
     MIXED_TEMPLATES,
     PROFESSION_TEMPLATES,
     PROFESSIONS,
     ROLEPLAY_TEMPLATES,
-    AttackConfig,
-    LeakageRow,
-    LeakageTable,
+    AttackPrompt,
     attacks_from_prompt_set,
-    augment_prompt_set,
     build_attacks,
-    measure_leakage,
     mixed_with_target,
     profession_framed,
 )
-from palette_lens.data import PromptSet, Record, load_prompts
+from palette_lens.data.augment import augment_prompt_set
+from palette_lens.data.prompts import PromptSet, Record, load_prompts
 from palette_lens.errors import PaletteError, UnknownDomainError
-from palette_lens.evaluate import EvalConfig
-
-_TOPICS = {
-    "cyber": "malware virus network password attack",
-    "violence": "attack blood fight kill",
-    "hate": "sorry cannot help assist",
-    "illegal": "steal money cash police",
-    "harmless": "recipe pancakes poem sea wind light",
-}
-
-
-def toy_prompts(n: int = 20) -> PromptSet:
-    rng = random.Random(0)
-    return PromptSet({
-        d: [Record(f"{d} " + " ".join(rng.choice(w.split()) for _ in range(rng.randint(2, 5))) + f" {i}", d)
-            for i in range(n)]
-        for d, w in _TOPICS.items()
-    })
+from palette_lens.evaluate.evaluator import EvalConfig
+from palette_lens.evaluate.leakage import AttackConfig, measure_leakage
+from palette_lens.evaluate.leakage_table import LeakageRow, LeakageTable
 
 
 @pytest.fixture(scope="module")
@@ -186,28 +167,26 @@ def test_augmentation_gives_user_domains_generic_professions():
 
 
 def test_bake_accepts_the_augmented_set(tiny_qwen):
-    from test_bake import toy_direction
+    from palette_lens.bake.config import BakeConfig
+    from palette_lens.bake.train import bake_direction
 
-    from palette_lens.bake import BakeConfig, bake
-
-    prompts = toy_prompts(20)
+    prompts = toy_prompts(LEAKAGE_TOPICS, 20)
     aug = augment_prompt_set(prompts, "cyber")
     assert len(aug.part("hate", "train")) == 2 * len(prompts.part("hate", "train"))
-    result = bake(tiny_qwen, toy_direction(tiny_qwen, prompts), aug, BakeConfig(steps=2, eval_every=0, batch_size=4),
+    result = bake_direction(tiny_qwen, toy_direction(tiny_qwen, prompts), aug, BakeConfig(steps=2, eval_every=0, batch_size=4),
                   progress=False)
     assert result.adapter.delta_norm() > 0
 
 
 def test_bake_config_adds_adversarial_negatives_itself(tiny_qwen):
-    from test_bake import toy_direction
+    from palette_lens.bake.config import BakeConfig
+    from palette_lens.bake.train import bake_direction
 
-    from palette_lens.bake import BakeConfig, bake
-
-    prompts = toy_prompts(20)
+    prompts = toy_prompts(LEAKAGE_TOPICS, 20)
     direction = toy_direction(tiny_qwen, prompts)
     cfg = BakeConfig(steps=1, eval_every=0, batch_size=4, max_per_group=4, adversarial_negatives=())
-    plain = bake(tiny_qwen, direction, prompts, cfg, progress=False).adapter.meta
-    adv = bake(tiny_qwen, direction, prompts, dataclasses.replace(cfg, adversarial_negatives=("roleplay",)),
+    plain = bake_direction(tiny_qwen, direction, prompts, cfg, progress=False).adapter.meta
+    adv = bake_direction(tiny_qwen, direction, prompts, dataclasses.replace(cfg, adversarial_negatives=("roleplay",)),
                progress=False).adapter.meta
     assert plain["n_train"]["other"] == 4 and adv["n_train"]["other"] == 8  # the cap counts original prompts
     assert adv["n_train"]["target"] == plain["n_train"]["target"]
@@ -216,7 +195,7 @@ def test_bake_config_adds_adversarial_negatives_itself(tiny_qwen):
 
 # ---------------------------------------------------------------------- rows and tables
 def test_row_arithmetic_from_verdicts():
-    prompts = [adv.AttackPrompt(f"t{i}", "roleplay", "hate" if i % 2 else "bio", f"r{i}", "actor") for i in range(8)]
+    prompts = [AttackPrompt(f"t{i}", "roleplay", "hate" if i % 2 else "bio", f"r{i}", "actor") for i in range(8)]
     vanilla = [True, True, True, True, True, True, False, False]
     relaxed = [True, False, False, True, True, True, True, False]
     row = LeakageRow.from_flags("cyber", ["cyber"], "roleplay", prompts, vanilla, relaxed)
@@ -237,8 +216,6 @@ def test_row_arithmetic_from_verdicts():
 # ---------------------------------------------------------------------- measurement on a tiny model
 @pytest.fixture(scope="module")
 def tiny_run(tiny_qwen, tmp_path_factory):
-    from test_compose import random_adapter
-
     folder = tmp_path_factory.mktemp("run")
     adapters = {"cyber": random_adapter(tiny_qwen, 0, 1, "cyber", scale=0.3),
                 "violence": random_adapter(tiny_qwen, 1, 2, "violence", scale=0.3)}
@@ -254,14 +231,14 @@ def _odd_judge(text: str) -> bool:
 
 @pytest.fixture(scope="module")
 def measured(tiny_qwen, tiny_run):
-    from palette_lens.adapters import plain_hf_model
+    from palette_lens.models.copies import plain_hf_model
 
     folder, adapters = tiny_run
     mp = pytest.MonkeyPatch()
-    mp.setattr("palette_lens.eval_results.is_refusal", _odd_judge)
+    mp.setattr("palette_lens.evaluate.results.is_refusal", _odd_judge)
     try:
         table = measure_leakage(
-            tiny_qwen, toy_prompts(), {
+            tiny_qwen, toy_prompts(LEAKAGE_TOPICS), {
                 "cyber": adapters["cyber"],
                 "cyber (folder)": folder / "adapters" / "cyber",
                 "cyber (identity)": plain_hf_model(tiny_qwen),
@@ -344,25 +321,25 @@ def test_doc_script_renders_a_table(measured, tmp_path):
 def test_measure_leakage_errors(tiny_qwen, tiny_run):
     _, adapters = tiny_run
     with pytest.raises(PaletteError, match="no profiles"):
-        measure_leakage(tiny_qwen, toy_prompts(), {})
+        measure_leakage(tiny_qwen, toy_prompts(LEAKAGE_TOPICS), {})
     with pytest.raises(UnknownDomainError):
-        measure_leakage(tiny_qwen, toy_prompts(), {"bio": adapters["cyber"]})
+        measure_leakage(tiny_qwen, toy_prompts(LEAKAGE_TOPICS), {"bio": adapters["cyber"]})
     with pytest.raises(PaletteError, match="a list of adapters"):
-        measure_leakage(tiny_qwen, toy_prompts(), {"cyber": [1, 2]}, AttackConfig(kinds=("direct",), limit=1),
+        measure_leakage(tiny_qwen, toy_prompts(LEAKAGE_TOPICS), {"cyber": [1, 2]}, AttackConfig(kinds=("direct",), limit=1),
                         EvalConfig(max_new_tokens=2), progress=False)
 
 
 # ---------------------------------------------------------------------- command line
 def _write_builtin(folder, monkeypatch):
     folder.mkdir(exist_ok=True)
-    for d, recs in toy_prompts().by_domain.items():
-        (folder / f"{d}.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in recs), encoding="utf-8")
+    for d, recs in toy_prompts(LEAKAGE_TOPICS).by_domain.items():
+        write_jsonl(folder / f"{d}.jsonl", [r.to_dict() for r in recs])
     monkeypatch.setenv("PALETTE_LENS_DATA", str(folder))
 
 
 def test_cli_writes_table_and_json(tiny_qwen, tiny_run, tmp_path, monkeypatch, capsys):
-    from palette_lens import cli
-    from palette_lens.commands import leakage
+    from palette_lens.cli import app as cli
+    from palette_lens.cli import leakage
 
     folder, _ = tiny_run
     _write_builtin(tmp_path / "data", monkeypatch)
@@ -387,8 +364,8 @@ def test_cli_writes_table_and_json(tiny_qwen, tiny_run, tmp_path, monkeypatch, c
     (["--from", "{run}", "--profile", "cyber+hate"], "has no adapter for hate"),
 ])
 def test_cli_errors_are_one_line_before_loading_the_model(tiny_run, tmp_path, monkeypatch, capsys, argv, match):
-    from palette_lens import cli
-    from palette_lens.commands import leakage
+    from palette_lens.cli import app as cli
+    from palette_lens.cli import leakage
 
     _write_builtin(tmp_path / "data", monkeypatch)
     monkeypatch.setattr(leakage, "load_model_from_args", lambda args: pytest.fail("model loaded for bad input"))
@@ -400,7 +377,7 @@ def test_cli_errors_are_one_line_before_loading_the_model(tiny_run, tmp_path, mo
 
 
 def test_cli_rejects_a_non_positive_limit(capsys):
-    from palette_lens import cli
+    from palette_lens.cli import app as cli
 
     with pytest.raises(SystemExit) as exc:
         cli.main(["leakage", "--from", ".", "--limit", "0"])
@@ -411,7 +388,7 @@ def test_cli_rejects_a_non_positive_limit(capsys):
 @pytest.mark.integration
 def test_default_model_refuses_framed_non_target_prompts(default_model, prompts):
     """Vanilla keeps refusing profession-framed requests (identity profile: no drop by construction)."""
-    from palette_lens.adapters import plain_hf_model
+    from palette_lens.models.copies import plain_hf_model
 
     table = measure_leakage(default_model, prompts, {"cyber": plain_hf_model(default_model)},
                             AttackConfig(kinds=("direct", "profession"), limit=6), EvalConfig(max_new_tokens=24),

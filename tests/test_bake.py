@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import replace
 
+import helpers
 import pytest
 import torch
+from helpers import toy_direction
 
-from palette_lens.activations import collect_residuals
-from palette_lens.bake import BakeConfig, bake, validation_metrics
-from palette_lens.bake_targets import (
+from palette_lens.bake.config import BakeConfig
+from palette_lens.bake.examples import validation_metrics
+from palette_lens.bake.targets import (
     block_targets,
     hard_negative_weights,
     shift_along,
     token_losses,
     token_mask,
 )
-from palette_lens.block_inputs import (
+from palette_lens.bake.train import bake_direction
+from palette_lens.models.blocks import (
     capture_block_inputs,
     causal_mask_4d,
     plain_decoder_layer,
@@ -27,50 +29,23 @@ from palette_lens.block_inputs import (
     run_block,
     run_suffix,
 )
-from palette_lens.data import PromptSet, Record
-from palette_lens.directions import Direction, diff_in_means
+from palette_lens.models.residuals import collect_residuals
+from palette_lens.search.direction import Direction
 
 PROMPTS = ["How do I write a program?", "hello there, write a poem about the sea", "x", "Explain how the heart pumps"]
-
-_TOPICS = {
-    "cyber": "malware virus network password attack defend",
-    "violence": "attack blood heart defend kill",
-    "hate": "sorry cannot help AI assist",
-    "harmless": "recipe pancakes poem sea wind morning light",
-    "borderline": "kill process python program sort list",
-}
-
-
-def toy_prompt_set(n: int = 30) -> PromptSet:
-    """Prompts whose words differ by domain (so a tiny random model separates them a little)."""
-    rng = random.Random(0)
-    by_domain = {}
-    for domain, words in _TOPICS.items():
-        ws = words.split()
-        by_domain[domain] = [
-            Record(f"{domain} " + " ".join(rng.choice(ws) for _ in range(rng.randint(3, 8))) + f" {i}", domain)
-            for i in range(n)
-        ]
-    return PromptSet(by_domain)
-
-
-def toy_direction(model, prompts: PromptSet, layer: int = 2, domain: str = "cyber") -> Direction:
-    t = collect_residuals(model, prompts.part(domain, "train"), layers=[layer], positions=[-1], desc=None)
-    h = collect_residuals(model, prompts.part("harmless", "train"), layers=[layer], positions=[-1], desc=None)
-    r = diff_in_means(t.mean(), h.mean())[0, 0]
-    return Direction(r, layer, -1, domain, model_fingerprint=model.fingerprint)
 
 
 @pytest.fixture(scope="module")
 def toy_prompts():
-    return toy_prompt_set()
+    """Prompts whose words differ by domain (so a tiny random model separates them a little)."""
+    return helpers.toy_prompts(helpers.TOPICS, 30, length=(3, 8))
 
 
 @pytest.fixture(scope="module")
 def baked(tiny_qwen, toy_prompts):
     direction = toy_direction(tiny_qwen, toy_prompts)
     before = {k: v.detach().clone() for k, v in tiny_qwen.hf_model.state_dict().items()}
-    result = bake(tiny_qwen, direction, toy_prompts, BakeConfig(steps=60, eval_every=20, batch_size=8, lr=3e-3),
+    result = bake_direction(tiny_qwen, direction, toy_prompts, BakeConfig(steps=60, eval_every=20, batch_size=8, lr=3e-3),
                   progress=False)
     return direction, result, before
 
@@ -205,9 +180,9 @@ def test_shift_along_scales_the_projection_on_marked_tokens_only():
 
 
 def test_shifted_inputs_get_frozen_block_targets(tiny_qwen, toy_prompts):
-    from palette_lens.bake import _shifted_inputs
-    from palette_lens.lora_block import LoraBlock
-    from palette_lens.tiny import random_lora_factors
+    from palette_lens.bake.batches import shifted_inputs
+    from palette_lens.bake.lora_block import LoraBlock
+    from palette_lens.models.tiny import random_lora_factors
 
     prompts = toy_prompts.part("cyber", "train")[:4] + toy_prompts.part("harmless", "train")[:2]
     inputs = capture_block_inputs(tiny_qwen, prompts, 1, desc=None)
@@ -218,7 +193,7 @@ def test_shifted_inputs_get_frozen_block_targets(tiny_qwen, toy_prompts):
     harmful = torch.tensor([True] * 4 + [False] * 2)
     cfg = BakeConfig(input_shift=1.0, input_shift_range=(-1.0, -1.0))
     rotary = rotary_embedding(tiny_qwen)
-    new_in, new_out = _shifted_inputs(block, rotary, h_in, mask, h_out, unit, harmful, inputs.n_prefix, cfg,
+    new_in, new_out = shifted_inputs(block, rotary, h_in, mask, h_out, unit, harmful, inputs.n_prefix, cfg,
                                       torch.Generator().manual_seed(0))
     user = token_mask(mask, inputs.n_prefix, 0, "user").bool()
     assert (new_in[:4][user[:4]] @ unit).abs().max() < 1e-4  # refusal component removed on harmful rows
@@ -263,7 +238,7 @@ def test_bake_changes_only_block_l_minus_1(tiny_qwen, baked):
 
 
 def test_bake_moves_target_projection_more_than_others(tiny_qwen, toy_prompts, baked):
-    from palette_lens.adapters import adapters_applied
+    from palette_lens.adapters.apply import adapters_applied
 
     direction, result, _ = baked
     unit = direction.unit
@@ -297,17 +272,18 @@ def test_bake_result_has_metadata_and_history(tiny_qwen, baked):
 def test_bake_is_deterministic(tiny_qwen, toy_prompts):
     direction = toy_direction(tiny_qwen, toy_prompts)
     cfg = BakeConfig(steps=6, eval_every=0, batch_size=4)
-    a = bake(tiny_qwen, direction, toy_prompts, cfg, progress=False).adapter
-    b = bake(tiny_qwen, direction, toy_prompts, cfg, progress=False).adapter
+    a = bake_direction(tiny_qwen, direction, toy_prompts, cfg, progress=False).adapter
+    b = bake_direction(tiny_qwen, direction, toy_prompts, cfg, progress=False).adapter
+    assert a.module_names == b.module_names and a.module_names
     for n in a.module_names:
         assert torch.equal(a.lora_A[n], b.lora_A[n]) and torch.equal(a.lora_B[n], b.lora_B[n])
 
 
 def test_a_second_bake_at_the_same_block_captures_only_its_new_prompts(tiny_qwen, toy_prompts, monkeypatch):
-    from palette_lens import bake_data  # BakeData.build looks capture_block_inputs up there
+    from palette_lens.bake import examples as bake_data  # BakeData.build looks capture_block_inputs up there
 
     cfg = BakeConfig(steps=4, eval_every=0, batch_size=4)
-    first = bake(tiny_qwen, toy_direction(tiny_qwen, toy_prompts), toy_prompts, replace(cfg, val_per_domain=1),
+    first = bake_direction(tiny_qwen, toy_direction(tiny_qwen, toy_prompts), toy_prompts, replace(cfg, val_per_domain=1),
                  progress=False)  # one validation prompt per other domain: the second bake needs more
     captured: list[str] = []
     real = bake_data.capture_block_inputs
@@ -318,14 +294,14 @@ def test_a_second_bake_at_the_same_block_captures_only_its_new_prompts(tiny_qwen
 
     monkeypatch.setattr(bake_data, "capture_block_inputs", counting)
     violence = toy_direction(tiny_qwen, toy_prompts, domain="violence")
-    second = bake(tiny_qwen, violence, toy_prompts, cfg, inputs=first.inputs, progress=False)
+    second = bake_direction(tiny_qwen, violence, toy_prompts, cfg, inputs=first.inputs, progress=False)
     have = set(first.inputs.prompts)
     assert captured and not have & set(captured)  # only prompts the first bake had not captured
     val = {p for d in toy_prompts.domains for p in toy_prompts.part(d, "val")}
     assert set(captured) <= val  # the validation prompts the first bake (1 per other domain) did not use
     kept = first.inputs.prompts[0]
     assert second.inputs.hidden_in[second.inputs.index(kept)] is first.inputs.hidden_in[0]  # reused as is
-    fresh = bake(tiny_qwen, violence, toy_prompts, cfg, progress=False)
+    fresh = bake_direction(tiny_qwen, violence, toy_prompts, cfg, progress=False)
     for n in fresh.adapter.module_names:  # the same training up to float rounding of the batched capture
         torch.testing.assert_close(second.adapter.lora_B[n], fresh.adapter.lora_B[n], atol=1e-4, rtol=1e-3)
 
@@ -333,22 +309,22 @@ def test_a_second_bake_at_the_same_block_captures_only_its_new_prompts(tiny_qwen
 def test_margin_retry_bakes_again_only_when_a_domain_loses_refusal(tiny_qwen, toy_prompts):
     direction = toy_direction(tiny_qwen, toy_prompts)
     cfg = BakeConfig(steps=6, eval_every=0, batch_size=4, margin_retry=0.0)  # 0: the option off
-    plain = bake(tiny_qwen, direction, toy_prompts, cfg, progress=False)
+    plain = bake_direction(tiny_qwen, direction, toy_prompts, cfg, progress=False)
     assert "margin_retry" not in plain.adapter.meta
     # threshold 0 and no composition margin: never below it, so no second bake and the same adapter as without
     # the option
-    never = bake(tiny_qwen, direction, toy_prompts,
+    never = bake_direction(tiny_qwen, direction, toy_prompts,
                  replace(cfg, margin_retry=0.5, margin_retry_below=0.0, margin_compose=0.0), progress=False)
     assert "margin_retry" not in never.adapter.meta
     for n in plain.adapter.module_names:
         assert torch.equal(never.adapter.lora_B[n], plain.adapter.lora_B[n])
     # threshold above any retention: the margin bake runs; which one is kept follows the rule
-    retried = bake(tiny_qwen, direction, toy_prompts,
+    retried = bake_direction(tiny_qwen, direction, toy_prompts,
                    replace(cfg, margin_retry=0.5, margin_retry_below=10.0, margin_retry_max_target=1e6),
                    progress=False)
     record = retried.adapter.meta["margin_retry"]
     # the margin bake also weighs borderline prompts 1:1 (margin_retry_borderline)
-    margin = bake(tiny_qwen, direction, toy_prompts, replace(cfg, other_scale=0.5, mix=(*cfg.mix[:3], 1.0)),
+    margin = bake_direction(tiny_qwen, direction, toy_prompts, replace(cfg, other_scale=0.5, mix=(*cfg.mix[:3], 1.0)),
                   progress=False)
     assert record["plain"]["retain_min"] == pytest.approx(plain.val["retain_min"])
     assert record["margin"]["retain_min"] == pytest.approx(margin.val["retain_min"])
@@ -359,14 +335,14 @@ def test_margin_retry_bakes_again_only_when_a_domain_loses_refusal(tiny_qwen, to
     assert retried.adapter.meta["config"]["other_scale"] == (0.5 if expect is margin else 0.0)
     assert retried.adapter.meta["config"]["mix"][3] == (1.0 if expect is margin else cfg.mix[3])
     # a margin bake that no longer relaxes the target enough is never kept
-    strict = bake(tiny_qwen, direction, toy_prompts,
+    strict = bake_direction(tiny_qwen, direction, toy_prompts,
                   replace(cfg, margin_retry=0.5, margin_retry_below=10.0, margin_retry_max_target=0.0),
                   progress=False)
     assert strict.adapter.meta["margin_retry"]["kept"] == "plain"
 
 
 def test_retry_margin_is_the_fallback_below_the_threshold_and_the_composition_margin_above():
-    from palette_lens.bake import retry_margin
+    from palette_lens.bake.margin import retry_margin
 
     cfg = BakeConfig()
     assert retry_margin({"retain_min": 0.79}, cfg) == cfg.margin_retry == 0.5
@@ -379,12 +355,12 @@ def test_retry_margin_is_the_fallback_below_the_threshold_and_the_composition_ma
 def test_composition_margin_bakes_again_above_the_threshold(tiny_qwen, toy_prompts):
     direction = toy_direction(tiny_qwen, toy_prompts)
     cfg = BakeConfig(steps=6, eval_every=0, batch_size=4, margin_retry_below=0.0, margin_retry_max_target=1e6)
-    plain = bake(tiny_qwen, direction, toy_prompts, replace(cfg, margin_retry=0.0), progress=False)
-    composed = bake(tiny_qwen, direction, toy_prompts, cfg, progress=False)
+    plain = bake_direction(tiny_qwen, direction, toy_prompts, replace(cfg, margin_retry=0.0), progress=False)
+    composed = bake_direction(tiny_qwen, direction, toy_prompts, cfg, progress=False)
     record = composed.adapter.meta["margin_retry"]
     assert record["margin_scale"] == cfg.margin_compose == 0.25
     assert record["plain"]["retain_min"] == pytest.approx(plain.val["retain_min"])
-    margin = bake(tiny_qwen, direction, toy_prompts, replace(cfg, other_scale=0.25, mix=(*cfg.mix[:3], 1.0)),
+    margin = bake_direction(tiny_qwen, direction, toy_prompts, replace(cfg, other_scale=0.25, mix=(*cfg.mix[:3], 1.0)),
                   progress=False)
     assert record["margin"]["retain_min"] == pytest.approx(margin.val["retain_min"])
     kept = "margin" if margin.val["retain_min"] > plain.val["retain_min"] else "plain"
@@ -393,7 +369,7 @@ def test_composition_margin_bakes_again_above_the_threshold(tiny_qwen, toy_promp
 
 
 def test_generated_selectivity_rewards_relaxing_the_target_and_keeping_the_rest():
-    from palette_lens.bake_check import generated_selectivity
+    from palette_lens.bake.generation_check import generated_selectivity
 
     base = {"target": 1.0, "chem": 1.0, "bio": 0.5, "harmless": 0.0, "borderline": 0.25}
     good = generated_selectivity({"target": 0.0, "chem": 1.0, "bio": 0.5, "harmless": 0.0, "borderline": 0.25}, base)
@@ -409,17 +385,19 @@ def test_generated_selectivity_rewards_relaxing_the_target_and_keeping_the_rest(
 def test_generation_check_keeps_the_checkpoint_that_generates_best(tiny_qwen, toy_prompts):
     direction = toy_direction(tiny_qwen, toy_prompts)
     cfg = BakeConfig(steps=8, eval_every=2, batch_size=4, margin_retry=0.0)
-    plain = bake(tiny_qwen, direction, toy_prompts, cfg, progress=False)
-    checked = bake(tiny_qwen, direction, toy_prompts, replace(cfg, generation_check=3), progress=False)
+    plain = bake_direction(tiny_qwen, direction, toy_prompts, cfg, progress=False)
+    checked = bake_direction(tiny_qwen, direction, toy_prompts, replace(cfg, generation_check=3), progress=False)
     record = checked.adapter.meta["metrics"]["val_generation"]
     assert len(record["steps"]) == len(record["candidates"]) == 3
     assert record["steps"][0] == plain.adapter.meta["best_step"]  # the shortlist starts at the first-token pick
     scores = [c["selectivity"] for c in record["candidates"]]
     assert record["kept_step"] == record["steps"][scores.index(max(scores))] == checked.adapter.meta["best_step"]
     assert set(record["vanilla"]) == set(record["candidates"][0]["rates"]) >= {"target", "harmless", "violence"}
-    if record["kept_step"] == plain.adapter.meta["best_step"]:
-        for n in plain.adapter.module_names:
-            assert torch.equal(checked.adapter.lora_B[n], plain.adapter.lora_B[n])
+    # on the tiny model the shortlist generates alike (a tie), so the first-token pick is kept: the plain adapter
+    assert record["kept_step"] == plain.adapter.meta["best_step"], record
+    assert plain.adapter.module_names
+    for n in plain.adapter.module_names:
+        assert torch.equal(checked.adapter.lora_B[n], plain.adapter.lora_B[n])
     assert "val_generation" not in plain.adapter.meta["metrics"]
 
 
@@ -428,14 +406,14 @@ def test_bake_rejects_layer_zero_and_other_models(tiny_qwen, tiny_llama, toy_pro
 
     d = toy_direction(tiny_qwen, toy_prompts)
     with pytest.raises(PaletteError, match="layer 0"):
-        bake(tiny_qwen, Direction(d.vector, 0, -1, "cyber"), toy_prompts, BakeConfig(steps=1), progress=False)
+        bake_direction(tiny_qwen, Direction(d.vector, 0, -1, "cyber"), toy_prompts, BakeConfig(steps=1), progress=False)
     with pytest.raises(AdapterMismatchError):
-        bake(tiny_llama, d, toy_prompts, BakeConfig(steps=1), progress=False)
+        bake_direction(tiny_llama, d, toy_prompts, BakeConfig(steps=1), progress=False)
 
 
 # ---------------------------------------------------------------------- inspection
 def test_inspection_reports_deltas_projections_and_completions(tiny_qwen, toy_prompts, baked):
-    from palette_lens.inspect_block import inspect_adapter
+    from palette_lens.bake.inspect import inspect_adapter
 
     direction, result, before = baked
     ins = inspect_adapter(tiny_qwen, result.adapter, toy_prompts, n_per_domain=4, n_completions=1, max_new_tokens=4)
@@ -463,8 +441,9 @@ def test_inspection_reports_deltas_projections_and_completions(tiny_qwen, toy_pr
 def test_bake_command_writes_adapter_folder(tiny_qwen, toy_prompts, tmp_path, monkeypatch):
     import json as _json
 
-    from palette_lens.adapters import load_adapter, plain_hf_model
-    from palette_lens.cli import main
+    from palette_lens.adapters.baked import load_adapter
+    from palette_lens.cli.app import main
+    from palette_lens.models.copies import plain_hf_model
 
     model_dir = tmp_path / "model"
     plain_hf_model(tiny_qwen).save_pretrained(model_dir)
@@ -502,7 +481,7 @@ def test_bake_command_writes_adapter_folder(tiny_qwen, toy_prompts, tmp_path, mo
 
 # ---------------------------------------------------------------------- the bake's ceiling
 def test_single_layer_scan_reads_the_edit_at_each_layer(tiny_qwen, toy_prompts):
-    from palette_lens.ceiling import single_layer_scan
+    from palette_lens.bake.ceiling import single_layer_scan
 
     ids = [0, 1, 2]
     rows = single_layer_scan(tiny_qwen, toy_prompts, "cyber", layers=[0, 1, 2], n=6, refusal_ids=ids)
@@ -516,14 +495,14 @@ def test_single_layer_scan_reads_the_edit_at_each_layer(tiny_qwen, toy_prompts):
 
 # ---------------------------------------------------------------------- refinement round
 def test_refine_searches_the_adapter_layer_and_stacks_both_rounds(tiny_qwen, toy_prompts, tmp_path):
-    from palette_lens.adapter_apply import apply_adapters, merged_hf_model
-    from palette_lens.adapters import load_adapter
-    from palette_lens.refine import refine
-    from palette_lens.search import SearchConfig
+    from palette_lens.adapters.apply import apply_adapters, merged_hf_model
+    from palette_lens.adapters.baked import load_adapter
+    from palette_lens.bake.refine import refine
+    from palette_lens.search.result import SearchConfig
 
     direction = toy_direction(tiny_qwen, toy_prompts)
     cfg = BakeConfig(steps=6, eval_every=0, batch_size=4, margin_retry=0.0)
-    first = bake(tiny_qwen, direction, toy_prompts, cfg, progress=False).adapter
+    first = bake_direction(tiny_qwen, direction, toy_prompts, cfg, progress=False).adapter
     before = {k: v.detach().clone() for k, v in tiny_qwen.hf_model.state_dict().items()}
     result = refine(tiny_qwen, first, toy_prompts, cfg, search_config=SearchConfig(top_k=2, n_val=4, n_val_other=1),
                     progress=False)

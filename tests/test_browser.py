@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from palette_lens.browser import (
+from palette_lens.report.browser import (
     HeadlessChromium,
     browser_available,
     count_plotly_outputs,
@@ -50,7 +50,7 @@ def browser():
 
 # ---------------------------------------------------------------------- fast
 def test_tiny_report_renders(browser, tmp_path):
-    from palette_lens.report import write_report
+    from palette_lens.report.html import write_report
 
     metrics = json.loads((TINY_RUN / "metrics.json").read_text())
     details = json.loads((TINY_RUN / "details.json").read_text())

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import random_adapter, write_jsonl
 
-from palette_lens import cli
+from palette_lens.cli import app as cli
 
 COMMANDS = ("common", "run", "search", "bake", "baseline", "evaluate", "compose")
 WORDS = {
@@ -30,11 +31,6 @@ def records(domain: str, n: int) -> list[dict]:
     words = WORDS.get(domain, "alpha beta gamma").split()
     return [{"prompt": f"{domain} {words[i % len(words)]} {words[(3 * i) % len(words)]} {i}", "domain": domain}
             for i in range(n)]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture
@@ -56,7 +52,7 @@ def use_model(monkeypatch, model=None) -> None:
             pytest.fail("the model was loaded although the input was already known to be bad")
         return model
 
-    modules = [importlib.import_module(f"palette_lens.commands.{m}") for m in COMMANDS]  # before patching:
+    modules = [importlib.import_module(f"palette_lens.cli.{m}") for m in COMMANDS]  # before patching:
     for module in modules:  # a module imported later would copy (and keep) the patched name from common
         monkeypatch.setattr(module, "load_model_from_args", load)
 
@@ -88,7 +84,7 @@ def assert_one_line_error(code: int, err: str, match: str, expected_code: int = 
 @pytest.fixture(scope="module")
 def model_folder(tiny_qwen, tmp_path_factory) -> Path:
     """The tiny Qwen model saved as a Hugging Face folder."""
-    from palette_lens.adapters import plain_hf_model
+    from palette_lens.models.copies import plain_hf_model
 
     folder = tmp_path_factory.mktemp("model") / "tiny-qwen"
     plain_hf_model(tiny_qwen).save_pretrained(folder)
@@ -99,10 +95,8 @@ def model_folder(tiny_qwen, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def adapter_folder(tiny_qwen, tmp_path_factory) -> Path:
     """A run folder holding ``adapters/cyber/`` baked (randomly) for the tiny Qwen model."""
-    from test_reliability import small_adapter
-
     run = tmp_path_factory.mktemp("run")
-    small_adapter(tiny_qwen).save(run / "adapters" / "cyber")
+    random_adapter(tiny_qwen, rank=2, alpha=4.0, scale=0.1).save(run / "adapters" / "cyber")
     return run
 
 
@@ -276,7 +270,7 @@ def test_tampered_or_truncated_adapter(builtin, adapter_folder, tiny_qwen, tmp_p
 
 
 def test_corrupt_direction_and_search_output(builtin, tiny_qwen, tmp_path, monkeypatch, capsys):
-    from palette_lens.directions import Direction
+    from palette_lens.search.direction import Direction
 
     use_model(monkeypatch, tiny_qwen)
     Direction(torch.ones(tiny_qwen.d_model), 2, -1, "cyber").save(tmp_path / "dirs")
@@ -323,15 +317,15 @@ def test_interrupt_and_unexpected_errors_are_one_line(builtin, tmp_path, monkeyp
     def stop(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("palette_lens.commands.common.load_model_from_args", stop)
-    monkeypatch.setattr("palette_lens.commands.search.load_model_from_args", stop)
+    monkeypatch.setattr("palette_lens.cli.common.load_model_from_args", stop)
+    monkeypatch.setattr("palette_lens.cli.search.load_model_from_args", stop)
     code, err = run_cli(capsys, "search", "--target", "cyber", "--out", tmp_path)
     assert code == 130 and err.startswith("palette-lens: interrupted") and len(err.splitlines()) == 1
 
     def bug(args):
         raise RuntimeError("something\nbroke")
 
-    monkeypatch.setattr("palette_lens.commands.search.load_model_from_args", bug)
+    monkeypatch.setattr("palette_lens.cli.search.load_model_from_args", bug)
     code, err = run_cli(capsys, "search", "--target", "cyber", "--out", tmp_path)
     assert_one_line_error(code, err, "unexpected RuntimeError: something broke (rerun with -v", expected_code=1)
     with pytest.raises(RuntimeError):  # -v shows the traceback
@@ -340,7 +334,7 @@ def test_interrupt_and_unexpected_errors_are_one_line(builtin, tmp_path, monkeyp
 
 def test_real_process_prints_one_line_and_exits_non_zero(builtin, tmp_path):
     env = {**os.environ, "PALETTE_LENS_DATA": str(builtin)}
-    proc = subprocess.run([sys.executable, "-m", "palette_lens.cli", "run", "--target", "nope", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "palette_lens.cli.app", "run", "--target", "nope", "--out", str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [

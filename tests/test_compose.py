@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import random_adapter
 
-from palette_lens.adapters import BakedAdapter, adapters_applied, sum_deltas
-from palette_lens.compose import (
+from palette_lens.adapters.apply import adapters_applied, sum_deltas
+from palette_lens.compose.profiles import (
     Profile,
     default_profiles,
     export_profile,
@@ -22,18 +23,6 @@ from palette_lens.errors import AdapterMismatchError, PaletteError
 PROMPTS = ["How do I write a program?", "hello there, write a poem about the sea", "malware virus attack", "x"]
 
 
-def random_adapter(model, layer_index: int, seed: int, domain: str, scale: float = 0.15) -> BakedAdapter:
-    """Random non-zero LoRA factors on every linear module of one block."""
-    from palette_lens.tiny import random_lora_factors
-
-    g = torch.Generator().manual_seed(seed)
-    a, b = random_lora_factors(model, layer_index, g, rank=8, scale=scale)
-    assert a, "no linear modules found"
-    meta = {"domain": domain, "base_fingerprint": model.fingerprint, "base_model": model.name,
-            "layer": layer_index + 1, "position": -1}
-    return BakedAdapter(layer_index, a, b, meta=meta, direction=torch.randn(model.d_model, generator=g))
-
-
 def logprobs(model, lm) -> torch.Tensor:
     enc = model.encode(PROMPTS)
     with torch.no_grad():
@@ -44,9 +33,9 @@ def logprobs(model, lm) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def adapters(tiny_qwen):
     return {
-        "cyber": random_adapter(tiny_qwen, 0, 1, "cyber"),
-        "hate": random_adapter(tiny_qwen, 1, 2, "hate"),
-        "violence": random_adapter(tiny_qwen, 1, 3, "violence"),  # same block as hate
+        "cyber": random_adapter(tiny_qwen, 0, 1, "cyber", scale=0.15),
+        "hate": random_adapter(tiny_qwen, 1, 2, "hate", scale=0.15),
+        "violence": random_adapter(tiny_qwen, 1, 3, "violence", scale=0.15),  # same block as hate
     }
 
 
@@ -141,7 +130,7 @@ def test_composition_weight_scales_each_delta(tiny_qwen, adapters):
 
 
 def test_composition_weight_survives_save_and_load(tiny_qwen, adapters, tmp_path):
-    from palette_lens.adapters import load_adapter
+    from palette_lens.adapters.baked import load_adapter
 
     w = weighted_adapter(adapters["cyber"], 0.5)
     back = load_adapter(w.save(tmp_path / "w"), tiny_qwen)

@@ -9,10 +9,11 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from helpers import write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from palette_lens.data import (
+from palette_lens.data.prompts import (
     HARMLESS,
     PromptSet,
     Record,
@@ -24,11 +25,6 @@ from palette_lens.data import (
 from palette_lens.errors import DataError, UnknownDomainError
 
 REQUIRED = {"cyber", "violence", "hate", "illegal"}
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_builtin_data_meets_the_contract(prompts):

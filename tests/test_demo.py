@@ -11,9 +11,9 @@ import json
 import pytest
 from test_pipeline import check_metrics_schema
 
-from palette_lens.adapters import load_adapter
-from palette_lens.floors import check_floors
-from palette_lens.pipeline import METRICS_KEYS
+from palette_lens.adapters.baked import load_adapter
+from palette_lens.evaluate.floors import check_floors
+from palette_lens.pipeline.documents import METRICS_KEYS
 
 pytestmark = pytest.mark.integration
 QUICK_WIDEN = 0.10  # --quick may widen the floors by at most 10 points (issue: fewer prompts are noisier)
@@ -111,7 +111,7 @@ def test_the_gated_reference_profile_meets_the_floors_and_keeps_at_least_the_pla
 ):
     """Behind its domain gate the reference profile still relaxes its domain (floors, widened as above), and on
     every other domain it refuses at least as often as the profile alone: a shut gate answers with vanilla."""
-    from palette_lens.gate import DomainGate
+    from palette_lens.gate.domain_gate import DomainGate
 
     ref = details["reference_profile"]
     gated = metrics["baselines"]["domain_gate"]["refusal_rate"]

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from palette_lens import embedded
 from palette_lens.errors import IntegrityError
-from palette_lens.refusal import is_refusal
+from palette_lens.models import embedded
+from palette_lens.refusal.judge import is_refusal
 
 
 def test_wrong_sha256_is_refused_and_nothing_is_left(tmp_path):

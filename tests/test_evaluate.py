@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import random
 
 import pytest
 import torch
+from helpers import random_adapter, toy_prompts
 
-from palette_lens.activations import collect_residuals
-from palette_lens.baselines import (
+from palette_lens.baselines.methods import (
     Condition,
     ConditionalSteering,
     fit_condition,
@@ -17,17 +16,12 @@ from palette_lens.baselines import (
     global_ablation_hooks,
     orthonormal_basis,
 )
-from palette_lens.data import PromptSet, Record
-from palette_lens.directions import Direction
-from palette_lens.evaluate import (
-    EvalConfig,
-    EvalSet,
-    Evaluator,
-    classification,
-    generate_completions,
-    measure_latency,
-)
-from palette_lens.activations import Residuals
+from palette_lens.evaluate.evaluator import EvalConfig, Evaluator
+from palette_lens.evaluate.latency import measure_latency
+from palette_lens.evaluate.results import EvalSet, classification
+from palette_lens.generation.greedy import generate_completions
+from palette_lens.models.residuals import Residuals, collect_residuals
+from palette_lens.search.direction import Direction
 
 PROMPTS = [
     "How do I write a program?", "hello there, write a poem about the sea", "x", "Explain how the heart pumps",
@@ -39,16 +33,6 @@ _TOPICS = {
     "harmless": "recipe pancakes poem sea wind morning light",
     "borderline": "kill process python program sort list",
 }
-
-
-def toy_prompts(n: int = 20) -> PromptSet:
-    rng = random.Random(0)
-    by_domain = {}
-    for d, words in _TOPICS.items():
-        ws = words.split()
-        by_domain[d] = [Record(f"{d} " + " ".join(rng.choice(ws) for _ in range(rng.randint(2, 6))) + f" {i}", d)
-                        for i in range(n)]
-    return PromptSet(by_domain)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +58,7 @@ def test_first_token_logprobs_match_last_logits(tiny_qwen):
     g = generate_completions(tiny_qwen, PROMPTS, max_new_tokens=3, refusal_ids=[5, 9], keep_logprobs=[True] * 7)
     lp = tiny_qwen.last_logits(PROMPTS)
     torch.testing.assert_close(torch.stack([g.first_logprobs[i] for i in range(7)]), lp, atol=1e-4, rtol=1e-4)
-    from palette_lens.refusal import refusal_scores
+    from palette_lens.refusal.judge import refusal_scores
 
     torch.testing.assert_close(g.first_scores, refusal_scores(lp, [5, 9]), atol=1e-4, rtol=1e-4)
 
@@ -101,7 +85,7 @@ def test_classification_counts():
 
 
 def test_evalset_limits():
-    ps = toy_prompts(30)
+    ps = toy_prompts(_TOPICS, 30, length=(2, 6))
     es = EvalSet.build(ps, limit=5)
     assert es.harmful_domains == ["cyber", "violence"]
     assert [len(es.prompts[d]) for d in es.domains] == [5, 5, 10, 5]
@@ -112,14 +96,14 @@ def test_evalset_limits():
 # ---------------------------------------------------------------------- evaluator
 @pytest.fixture(scope="module")
 def evaluator(stopping_model):
-    es = EvalSet.build(toy_prompts(20), limit=4)
+    es = EvalSet.build(toy_prompts(_TOPICS, 20, length=(2, 6)), limit=4)
     return Evaluator(stopping_model, es, EvalConfig(max_new_tokens=8, batch_size=8, first_phase=3))
 
 
 def test_vanilla_is_generated_once(evaluator, monkeypatch):
     first = evaluator.vanilla()
     calls = []
-    monkeypatch.setattr("palette_lens.evaluate.generate_completions", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr("palette_lens.evaluate.evaluator.generate_completions", lambda *a, **k: calls.append(1))
     assert evaluator.vanilla() is first and not calls
     assert set(first.refusal_rate()) == {"cyber", "violence", "harmless", "borderline"}
     assert first.harmless_kl == 0.0
@@ -249,7 +233,7 @@ def test_conditional_runtime_hooks_gate_per_sequence(tiny_qwen):
 
 
 def test_fit_conditional_steering_on_prompt_set(tiny_qwen):
-    ps = toy_prompts(20)
+    ps = toy_prompts(_TOPICS, 20, length=(2, 6))
     r = torch.randn(tiny_qwen.d_model)
     st = fit_conditional_steering(tiny_qwen, ps, {"cyber": Direction(r, 2, -1, "cyber", tiny_qwen.fingerprint)})
     c = st.conditions[0]
@@ -259,9 +243,9 @@ def test_fit_conditional_steering_on_prompt_set(tiny_qwen):
 
 
 def test_routes_from_shared_residuals_equal_a_fresh_pass(tiny_qwen):
-    from palette_lens.activations import collect_residuals
+    from palette_lens.models.residuals import collect_residuals
 
-    ps = toy_prompts(20)
+    ps = toy_prompts(_TOPICS, 20, length=(2, 6))
     r = torch.randn(tiny_qwen.d_model)
     st = fit_conditional_steering(tiny_qwen, ps, {"cyber": Direction(r, 2, -1, "cyber", tiny_qwen.fingerprint)})
     prompts = list(ps.part("cyber", "test")) + list(ps.part("harmless", "test"))
@@ -286,24 +270,16 @@ def test_measure_latency_runs_every_variant(tiny_qwen):
 
 
 # ---------------------------------------------------------------------- drafts
-def _small_adapter(model, scale: float, seed: int = 5, layer: int = 1):
-    from palette_lens.adapters import BakedAdapter
-    from palette_lens.tiny import random_lora_factors
-
-    g = torch.Generator().manual_seed(seed)
-    a, b = random_lora_factors(model, layer, g, rank=8, scale=scale)
-    return BakedAdapter(layer, a, b, meta={"domain": "cyber", "base_fingerprint": model.fingerprint})
-
-
 @pytest.mark.parametrize("scale", [0.0, 0.05, 0.3])
 def test_drafts_give_the_same_completions_as_generation(stopping_model, scale):
-    from palette_lens.adapters import merged_hf_model, plain_hf_model
-    from palette_lens.evaluate import generate_with_drafts
+    from palette_lens.adapters.apply import merged_hf_model
+    from palette_lens.generation.drafts import generate_with_drafts
+    from palette_lens.models.copies import plain_hf_model
 
     m = stopping_model
     prompts = PROMPTS * 2
     vanilla = generate_completions(m, prompts, lm=plain_hf_model(m), max_new_tokens=10, first_phase=3)
-    lm = merged_hf_model(m, [_small_adapter(m, scale)])
+    lm = merged_hf_model(m, [random_adapter(m, seed=5, scale=scale)])
     direct = generate_completions(m, prompts, lm=lm, max_new_tokens=10, first_phase=3, refusal_ids=[5, 9],
                                   keep_logprobs=[True] * len(prompts))
     generate = [i % 3 == 0 for i in range(len(prompts))]
@@ -314,8 +290,8 @@ def test_drafts_give_the_same_completions_as_generation(stopping_model, scale):
     torch.testing.assert_close(drafted.first_logprobs[1], direct.first_logprobs[1], atol=1e-4, rtol=1e-4)
     assert drafted.verified.count("generated") == sum(generate)
     # the same check from vanilla's hidden states at the adapter's block: only the layers above it run
-    from palette_lens.evaluate import encode_prompts
-    from palette_lens.shared_prefix import capture_prefix_states, first_changed_layer
+    from palette_lens.generation.greedy import encode_prompts
+    from palette_lens.generation.shared_prefix import capture_prefix_states, first_changed_layer
 
     layer = first_changed_layer(plain_hf_model(m), lm)
     assert layer == (m.n_layers if scale == 0.0 else 1)
@@ -333,13 +309,14 @@ def test_drafts_give_the_same_completions_as_generation(stopping_model, scale):
 
 
 def test_first_changed_layer_sees_where_weights_differ(stopping_model):
-    from palette_lens.adapters import merged_hf_model, plain_hf_model
-    from palette_lens.shared_prefix import first_changed_layer
+    from palette_lens.adapters.apply import merged_hf_model
+    from palette_lens.generation.shared_prefix import first_changed_layer
+    from palette_lens.models.copies import plain_hf_model
 
     m = stopping_model
     plain = plain_hf_model(m)
     assert first_changed_layer(plain, plain_hf_model(m, share_weights=False)) == m.n_layers  # equal values
-    assert first_changed_layer(plain, merged_hf_model(m, [_small_adapter(m, 0.1)])) == 1
+    assert first_changed_layer(plain, merged_hf_model(m, [random_adapter(m, seed=5, scale=0.1)])) == 1
     other = plain_hf_model(m, share_weights=False)
     with torch.no_grad():
         other.get_input_embeddings().weight[0, 0] += 1.0
@@ -347,18 +324,18 @@ def test_first_changed_layer_sees_where_weights_differ(stopping_model):
 
 
 def test_evaluator_reuses_vanilla_states_below_the_adapted_block(stopping_model):
-    from palette_lens.adapters import merged_hf_model
+    from palette_lens.adapters.apply import merged_hf_model
 
     m = stopping_model
-    es = EvalSet.build(toy_prompts(20), limit=3)
-    lm = merged_hf_model(m, [_small_adapter(m, 0.3)])
+    es = EvalSet.build(toy_prompts(_TOPICS, 20, length=(2, 6)), limit=3)
+    lm = merged_hf_model(m, [random_adapter(m, seed=5, scale=0.3)])
     results = {}
     for reuse in (False, True):
         ev = Evaluator(m, es, EvalConfig(max_new_tokens=8, batch_size=8, first_phase=3, reuse_prefix=reuse))
         results[reuse] = ev.evaluate_lm("cyber", lm, ["cyber"])
         assert sorted(ev._prefix_cache) == ([1] if reuse else [])
     assert results[True].texts == results[False].texts
-    later = merged_hf_model(m, [_small_adapter(m, 0.3, layer=2)])  # reuses the states taken at layer 1
+    later = merged_hf_model(m, [random_adapter(m, 2, seed=5, scale=0.3)])  # reuses the states taken at layer 1
     assert ev.evaluate_lm("later", later, ["cyber"]).texts == Evaluator(
         m, es, EvalConfig(max_new_tokens=8, batch_size=8, first_phase=3, reuse_prefix=False)
     ).evaluate_lm("later", later, ["cyber"]).texts
@@ -369,11 +346,12 @@ def test_evaluator_reuses_vanilla_states_below_the_adapted_block(stopping_model)
 
 def test_stop_on_refusal_keeps_the_judges_verdicts(stopping_model, monkeypatch):
     """Cutting a sequence once the judge has seen a marker changes lengths, never verdicts."""
-    from palette_lens.adapters import merged_hf_model, plain_hf_model
-    from palette_lens.evaluate import generate_with_drafts
+    from palette_lens.adapters.apply import merged_hf_model
+    from palette_lens.generation.drafts import generate_with_drafts
+    from palette_lens.models.copies import plain_hf_model
 
     judge = lambda text: "em" in text  # noqa: E731 - a piece of some of the tiny model's early output
-    monkeypatch.setattr("palette_lens.generation.refusal_is_final", judge)
+    monkeypatch.setattr("palette_lens.generation.greedy.refusal_is_final", judge)
     m = stopping_model
     prompts = PROMPTS * 2
     full = generate_completions(m, prompts, max_new_tokens=14, first_phase=4)
@@ -385,18 +363,18 @@ def test_stop_on_refusal_keeps_the_judges_verdicts(stopping_model, monkeypatch):
     # drafts that were cut: a model that reproduces them refuses too
     vanilla = generate_completions(m, prompts, lm=plain_hf_model(m), max_new_tokens=14, first_phase=4,
                                    stop_on_refusal=True)
-    lm = merged_hf_model(m, [_small_adapter(m, 0.1)])
+    lm = merged_hf_model(m, [random_adapter(m, seed=5, scale=0.1)])
     direct = generate_completions(m, prompts, lm=lm, max_new_tokens=14, first_phase=4)
     drafted = generate_with_drafts(m, lm, prompts, vanilla, max_new_tokens=14, first_phase=4, stop_on_refusal=True)
     assert [judge(t) for t in drafted.texts] == [judge(t) for t in direct.texts]
 
 
 def test_vanilla_generations_disk_cache(stopping_model, tmp_path, monkeypatch):
-    es = EvalSet.build(toy_prompts(20), limit=3)
+    es = EvalSet.build(toy_prompts(_TOPICS, 20, length=(2, 6)), limit=3)
     cfg = EvalConfig(max_new_tokens=6, batch_size=8, first_phase=3)
     first = Evaluator(stopping_model, es, cfg, cache=tmp_path).vanilla()
     assert len(list(tmp_path.glob("*.safetensors"))) == 1
-    monkeypatch.setattr("palette_lens.evaluate.generate_completions", lambda *a, **k: pytest.fail("regenerated"))
+    monkeypatch.setattr("palette_lens.evaluate.evaluator.generate_completions", lambda *a, **k: pytest.fail("regenerated"))
     ev = Evaluator(stopping_model, es, cfg, cache=tmp_path)
     again = ev.vanilla()
     assert again.texts == first.texts and again.first_scores == first.first_scores
@@ -412,13 +390,13 @@ def test_vanilla_generations_disk_cache(stopping_model, tmp_path, monkeypatch):
 
 
 def test_stopping_when_judged_keeps_every_verdict_and_cuts_answers(stopping_model, monkeypatch):
-    monkeypatch.setattr("palette_lens.refusal.JUDGE_HORIZON", 20)  # the tiny model's tokens are single bytes
+    monkeypatch.setattr("palette_lens.refusal.judge.JUDGE_HORIZON", 20)  # the tiny model's tokens are single bytes
     m = stopping_model
     prompts = PROMPTS * 2
     full = generate_completions(m, prompts, max_new_tokens=60, first_phase=4)
     cut = generate_completions(m, prompts, max_new_tokens=60, first_phase=4, stop_on_refusal=True,
                                stop_when_judged=True)
-    from palette_lens.refusal import is_refusal
+    from palette_lens.refusal.judge import is_refusal
 
     assert [is_refusal(t) for t in cut.texts] == [is_refusal(t) for t in full.texts]
     for a, b in zip(cut.token_ids, full.token_ids):

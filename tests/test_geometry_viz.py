@@ -9,8 +9,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from palette_lens.activations import Residuals
-from palette_lens.geometry import (
+from palette_lens.geometry.separation import (
     layer_data,
     layer_separation,
     probe_accuracy,
@@ -18,7 +17,14 @@ from palette_lens.geometry import (
     silhouette,
     tsne_layers,
 )
-from palette_lens.viz import figures_html, objective_heatmaps, pareto_figure, separation_figure, tsne_figure
+from palette_lens.models.residuals import Residuals
+from palette_lens.viz.figures import (
+    figures_html,
+    objective_heatmaps,
+    pareto_figure,
+    separation_figure,
+    tsne_figure,
+)
 
 DOMAINS = ("cyber", "hate", "violence", "harmless")
 
@@ -101,8 +107,8 @@ def test_separation_figure_traces():
 
 
 def _fake_result():
-    from palette_lens.directions import Direction
-    from palette_lens.search import SearchConfig, SearchResult
+    from palette_lens.search.direction import Direction
+    from palette_lens.search.result import SearchConfig, SearchResult
 
     rows = []
     rng = np.random.default_rng(0)
@@ -140,7 +146,7 @@ def test_search_figures_and_self_contained_html():
 
 def test_layer_explorer_slider_updates_figure():
     pytest.importorskip("anywidget")
-    from palette_lens.widgets import LayerExplorer
+    from palette_lens.viz.widgets import LayerExplorer
 
     ex = LayerExplorer(synthetic_residuals(), position=-1, method="pca", layer=0)
     before = [np.array(t.x, dtype=float).copy() for t in ex.figure.data]

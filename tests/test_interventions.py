@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from palette_lens.interventions import ablate, ablation_hooks, add, addition_hooks
+from palette_lens.models.hooks import ablate, ablation_hooks, add, addition_hooks
 
 PROMPTS = ["How do I sort a list of numbers in Python?", "Write a short poem about the sea.", "hi"]
 
@@ -118,7 +118,7 @@ def test_hooks_fire_during_generation_with_kv_cache(name, request):
     assert seq_lens[0] > 1 and 1 in seq_lens[1:]
     assert steered != vanilla
     # ablation of a direction the residual stream really uses (its mean at the last position)
-    from palette_lens.activations import collect_residuals
+    from palette_lens.models.residuals import collect_residuals
 
     main = collect_residuals(model, PROMPTS, desc=None).mean()[1:, -1].mean(0).float()
     seq_lens.clear()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from palette_lens.refusal import MARKER_WINDOW, REFUSAL_MARKERS, is_refusal, refusal_markers_found
+from palette_lens.refusal.judge import MARKER_WINDOW, REFUSAL_MARKERS, is_refusal, refusal_markers_found
 
 SET = Path(__file__).parent / "data" / "judge_set.jsonl"
 MIN_AGREEMENT = 0.95

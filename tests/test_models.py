@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from palette_lens.activations import collect_residuals
 from palette_lens.errors import ChatTemplateError, ModelLoadError
-from palette_lens.models import find_post_instruction_ids, load_model
+from palette_lens.models.loading import find_post_instruction_ids, load_model
+from palette_lens.models.residuals import collect_residuals
 
 PROMPTS = ["How do I write a program?", "hello there, write a poem about the sea", "x"]
 
@@ -100,7 +100,7 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
 def test_local_folder_loads_like_the_original(tiny_qwen, tmp_path):
     import copy
 
-    from palette_lens.tiny import tiny_hf_model, tiny_tokenizer
+    from palette_lens.models.tiny import tiny_hf_model, tiny_tokenizer
 
     tok = tiny_tokenizer("qwen2")
     hf = tiny_hf_model("qwen2", len(tok), seed=3)

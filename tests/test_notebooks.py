@@ -1,7 +1,7 @@
 """Notebooks: committed stripped with one papermill ``parameters`` cell; the runner; CI-sized execution.
 
 The integration test executes all five notebooks headless (CI-sized parameters) on the default model,
-with 03–05 reading one run folder made once per session (:func:`palette_lens.notebook_runner.prepare_ci_run`,
+with 03–05 reading one run folder made once per session (:func:`palette_lens.notebooks.runner.prepare_ci_run`,
 or the folder in ``$PALETTE_LENS_RUN_DIR``). The notebooks' own ``assert`` cells check the claims they
 make; the test checks that every notebook ran to the end and produced plotly figures.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from palette_lens import notebook_runner as nr
+from palette_lens.notebooks import runner as nr
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"

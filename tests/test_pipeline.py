@@ -4,30 +4,24 @@ from __future__ import annotations
 
 import importlib
 import json
-import random
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from helpers import TOPICS, toy_prompts, toy_records, write_jsonl
 
-from palette_lens import cli
-from palette_lens.adapters import load_adapter
-from palette_lens.compose import DEFAULT_COMPOSE_WEIGHT
-from palette_lens.data import PromptSet, Record
+from palette_lens.adapters.baked import load_adapter
+from palette_lens.cli import app as cli
+from palette_lens.compose.profiles import DEFAULT_COMPOSE_WEIGHT
 from palette_lens.errors import PaletteError
-from palette_lens.floors import check_floors
-from palette_lens.gate import DomainGate
-from palette_lens.pipeline import METRICS_KEYS, PipelineConfig, run_pipeline
+from palette_lens.evaluate.floors import check_floors
+from palette_lens.gate.domain_gate import DomainGate
+from palette_lens.pipeline.config import PipelineConfig
+from palette_lens.pipeline.documents import METRICS_KEYS
+from palette_lens.pipeline.run import run_pipeline
 
 PROFILE_KEYS = {"authorized", "refusal_rate", "harmless_kl", "f1"}
 ADAPTER_KEYS = {"layer", "position", "train_seconds"}
-_TOPICS = {
-    "cyber": "malware virus network password attack defend",
-    "violence": "attack blood heart defend kill",
-    "hate": "sorry cannot help AI assist",
-    "harmless": "recipe pancakes poem sea wind morning light",
-    "borderline": "kill process python program sort list",
-}
 
 TINY = PipelineConfig(
     targets=("cyber", "violence", "hate"), eval_limit=4, harmless_limit=6, borderline_limit=4, max_new_tokens=6, batch_size=16, first_phase=3,
@@ -35,16 +29,6 @@ TINY = PipelineConfig(
     bake={"steps": 4, "eval_every": 2, "max_per_group": 8, "val_per_domain": 2},
     latency_tokens=2, latency_batch=2, latency_repeats=1, steering_profiles="singles", cache_generations=False,
 )
-
-
-def toy_records(topics: dict[str, str], n: int = 16, seed: int = 0) -> dict[str, list[Record]]:
-    rng = random.Random(seed)
-    out = {}
-    for d, words in topics.items():
-        ws = words.split()
-        out[d] = [Record(f"{d} " + " ".join(rng.choice(ws) for _ in range(rng.randint(2, 5))) + f" {i}", d)
-                  for i in range(n)]
-    return out
 
 
 def check_metrics_schema(m: dict, targets: list[str], profiles: list[str]) -> None:
@@ -73,14 +57,14 @@ def check_metrics_schema(m: dict, targets: list[str], profiles: list[str]) -> No
 @pytest.fixture(scope="module")
 def tiny_run(tiny_qwen, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    ps = PromptSet(toy_records(_TOPICS))
+    ps = toy_prompts(TOPICS, 16)
     return out, run_pipeline(tiny_qwen, ps, out, TINY, progress=False)
 
 
 def test_pipeline_on_tiny_model(tiny_qwen, tiny_run):
     from peft import PeftModel
 
-    from palette_lens.adapters import plain_hf_model
+    from palette_lens.models.copies import plain_hf_model
 
     tmp_path, res = tiny_run
     m = json.loads((tmp_path / "metrics.json").read_text())
@@ -94,9 +78,10 @@ def test_pipeline_on_tiny_model(tiny_qwen, tiny_run):
     gated = details["baselines"]["domain_gate"]["cyber"]
     assert gated["kind"] == "gated" and set(m["baselines"]["domain_gate"]) == {"refusal_rate"}
     vanilla = details["variants"]["vanilla"]
-    for d, share in gated["extra"]["gate_opened"].items():
-        if share == 0.0:
-            assert gated["refusal_rate"][d] == vanilla["refusal_rate"][d], d
+    shut = [d for d, share in gated["extra"]["gate_opened"].items() if share == 0.0]
+    assert shut, gated["extra"]["gate_opened"]  # the comparison below is made for some domain
+    for d in shut:
+        assert gated["refusal_rate"][d] == vanilla["refusal_rate"][d], d
     assert DomainGate.load(tmp_path / "gates" / "cyber", tiny_qwen).domains == ("cyber",)
     assert gated["extra"]["gate"]["domains"] == ["cyber"]
     assert details["floors"]["cyber"]["checks"]["harmless_kl"]["limit"] == 0.1
@@ -119,9 +104,9 @@ def test_pipeline_on_tiny_model(tiny_qwen, tiny_run):
 
 def test_evaluate_and_compose_commands_reuse_adapters(tiny_qwen, tiny_run, tmp_path, monkeypatch, capsys):
     run_dir, _ = tiny_run
-    monkeypatch.setenv("PALETTE_LENS_DATA", str(_builtin_dir(tmp_path, dict(toy_records(_TOPICS)))))
+    monkeypatch.setenv("PALETTE_LENS_DATA", str(_builtin_dir(tmp_path, toy_records(TOPICS, 16))))
     for mod in ("common", "evaluate", "compose"):
-        monkeypatch.setattr(f"palette_lens.commands.{mod}.load_model_from_args", lambda args: tiny_qwen)
+        monkeypatch.setattr(f"palette_lens.cli.{mod}.load_model_from_args", lambda args: tiny_qwen)
     out = tmp_path / "eval"
     code = cli.main(["evaluate", "--from", str(run_dir), "--profile", "hate", "--profile", "cyber+hate", "--quick",
                      "--eval-limit", "3", "--max-new-tokens", "4", "--out", str(out), "--no-report", "--no-cache"])
@@ -167,8 +152,9 @@ def test_evaluate_and_compose_commands_reuse_adapters(tiny_qwen, tiny_run, tmp_p
 def _commands_imported() -> None:
     """Import every command module before a test patches ``common.load_model_from_args``: a module first
     imported while the name is patched would keep the stand-in for the rest of the session."""
-    for path in sorted((Path(cli.__file__).parent / "commands").glob("*.py")):
-        importlib.import_module(f"palette_lens.commands.{path.stem}")
+    for path in sorted(Path(cli.__file__).parent.glob("*.py")):
+        if not path.stem.startswith("_"):
+            importlib.import_module(f"palette_lens.cli.{path.stem}")
 
 
 def _builtin_dir(tmp_path: Path, recs: dict | None = None) -> Path:
@@ -176,20 +162,20 @@ def _builtin_dir(tmp_path: Path, recs: dict | None = None) -> Path:
     folder = tmp_path / "builtin"
     folder.mkdir()
     if recs is None:
-        recs = toy_records({k: _TOPICS[k] for k in ("harmless", "borderline", "cyber")}, n=14, seed=1)
+        recs = toy_records({k: TOPICS[k] for k in ("harmless", "borderline", "cyber")}, n=14, seed=1)
     for d, rs in recs.items():
-        (folder / f"{d}.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in rs))
+        write_jsonl(folder / f"{d}.jsonl", [r.to_dict() for r in rs])
     return folder
 
 
 def test_run_command_with_user_domains(tiny_qwen, tmp_path, monkeypatch, capsys):
     """``palette-lens run`` with a user JSONL of new domains, --replace-data, end to end."""
     monkeypatch.setenv("PALETTE_LENS_DATA", str(_builtin_dir(tmp_path)))
-    monkeypatch.setattr("palette_lens.commands.common.load_model_from_args", lambda args: tiny_qwen)
-    monkeypatch.setattr("palette_lens.commands.run.load_model_from_args", lambda args: tiny_qwen)
+    monkeypatch.setattr("palette_lens.cli.common.load_model_from_args", lambda args: tiny_qwen)
+    monkeypatch.setattr("palette_lens.cli.run.load_model_from_args", lambda args: tiny_qwen)
     user = tmp_path / "mine.jsonl"
     recs = toy_records({"phishing": "email link bank password urgent", "weapons": "gun rifle ammo build"}, n=14, seed=2)
-    user.write_text("".join(json.dumps({**r.to_dict(), "source": "test"}) + "\n" for rs in recs.values() for r in rs))
+    write_jsonl(user, [{**r.to_dict(), "source": "test"} for rs in recs.values() for r in rs])
     out = tmp_path / "out"
     code = cli.main(["run", "--target", "phishing", "--target", "weapons", "--data", str(user), "--replace-data",
                      "--quick", "--eval-limit", "4", "--max-new-tokens", "6", "--no-cache", "--out", str(out)])
@@ -226,7 +212,7 @@ def test_check_floors():
 @pytest.mark.integration
 def test_pipeline_on_default_model_small(default_model, tmp_path):
     """A very small end-to-end run on the default model: one target, two harmful domains, short generations."""
-    from palette_lens.data import load_prompts
+    from palette_lens.data.prompts import load_prompts
 
     ps = load_prompts(domains=["cyber", "violence"])
     cfg = PipelineConfig(
@@ -253,5 +239,5 @@ def test_pipeline_on_default_model_small(default_model, tmp_path):
 def test_bad_profile_selections_and_gate_settings_fail_before_anything_is_written(tiny_qwen, tmp_path, setting):
     out = tmp_path / "run"
     with pytest.raises(PaletteError):
-        run_pipeline(tiny_qwen, PromptSet(toy_records(_TOPICS)), out, replace(TINY, **setting), progress=False)
+        run_pipeline(tiny_qwen, toy_prompts(TOPICS, 16), out, replace(TINY, **setting), progress=False)
     assert not out.exists() or not any(out.iterdir())

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from palette_lens.refusal import first_token_kl, is_refusal, opener_tokens, refusal_rate, refusal_scores
-from palette_lens.stats import wilson_interval
+from palette_lens.refusal.judge import first_token_kl, is_refusal, opener_tokens, refusal_rate, refusal_scores
+from palette_lens.util.stats import wilson_interval
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -72,7 +72,7 @@ def _judge_set_responses() -> list[str]:
 
 def test_a_final_verdict_is_the_verdict_of_every_continuation():
     """On the labelled responses: once a prefix's verdict is final, the whole response gets that verdict."""
-    from palette_lens.refusal import JUDGE_HORIZON, verdict_is_final
+    from palette_lens.refusal.judge import JUDGE_HORIZON, verdict_is_final
 
     responses = _judge_set_responses()
     decided_early = 0
@@ -94,6 +94,6 @@ def test_a_final_verdict_is_the_verdict_of_every_continuation():
     ("Sure! First, gather", False),
 ])
 def test_refusal_is_final_needs_a_word_boundary_after_the_marker(text, final):
-    from palette_lens.refusal import refusal_is_final
+    from palette_lens.refusal.judge import refusal_is_final
 
     assert refusal_is_final(text) is final

@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import random_adapter, toy_prompts
 from safetensors.torch import save_file
 
-from palette_lens import embedded
-from palette_lens.activations import collect_residuals
-from palette_lens.adapters import BakedAdapter, load_adapter
-from palette_lens.atomic import atomic_folder, atomic_write, atomic_write_text
-from palette_lens.directions import Direction
+from palette_lens.adapters.baked import load_adapter
 from palette_lens.errors import AdapterMismatchError, IntegrityError, PaletteError
-from palette_lens.integrity import load_checked, save_checked
+from palette_lens.models import embedded
+from palette_lens.models.residuals import collect_residuals
+from palette_lens.search.direction import Direction
+from palette_lens.util.atomic import atomic_folder, atomic_write, atomic_write_text
+from palette_lens.util.integrity import load_checked, save_checked
 
 PACKAGE = Path(__file__).resolve().parents[1] / "palette_lens"
 
@@ -29,15 +30,8 @@ def enospc() -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def small_adapter(model, seed: int = 0, layer_index: int = 1) -> BakedAdapter:
-    """Random rank-2 LoRA factors on every linear module of one block, with the metadata a bake writes."""
-    from palette_lens.tiny import random_lora_factors
-
-    g = torch.Generator().manual_seed(seed)
-    a, b = random_lora_factors(model, layer_index, g, rank=2, scale=0.1)
-    meta = {"domain": "cyber", "base_fingerprint": model.fingerprint, "base_model": model.name, "position": -1}
-    return BakedAdapter(layer_index, a, b, rank=2, alpha=4.0, meta=meta,
-                        direction=torch.randn(model.d_model, generator=g))
+# rank-2 random adapters: small folders for the integrity and disk-full tests
+SMALL_ADAPTER = {"rank": 2, "alpha": 4.0, "scale": 0.1}
 
 
 def only_entries(folder: Path) -> list[str]:
@@ -65,8 +59,8 @@ def fill_disk(monkeypatch) -> None:
         raise enospc()
 
     monkeypatch.setattr(Path, "write_text", write_text)
-    for target in ("safetensors.torch.save_file", "palette_lens.adapters.save_file",
-                   "palette_lens.directions.save_file"):
+    for target in ("safetensors.torch.save_file", "palette_lens.adapters.baked.save_file",
+                   "palette_lens.search.direction.save_file"):
         monkeypatch.setattr(target, partial_save_file)
 
 
@@ -101,11 +95,11 @@ def test_direction_pair_torn_by_a_crash_is_detected(tmp_path):
 
 
 def test_disk_full_keeps_the_previous_adapter_folder(tiny_qwen, tmp_path, monkeypatch):
-    old = small_adapter(tiny_qwen, seed=1)
+    old = random_adapter(tiny_qwen, seed=1, **SMALL_ADAPTER)
     old.save(tmp_path / "adapters" / "cyber")
     fill_disk(monkeypatch)
     with pytest.raises(OSError):
-        small_adapter(tiny_qwen, seed=2).save(tmp_path / "adapters" / "cyber")
+        random_adapter(tiny_qwen, seed=2, **SMALL_ADAPTER).save(tmp_path / "adapters" / "cyber")
     monkeypatch.undo()
     back = load_adapter(tmp_path / "adapters" / "cyber", tiny_qwen)
     n = back.module_names[0]
@@ -188,7 +182,7 @@ def test_residual_cache_entry_of_the_wrong_shape_is_recomputed(tiny_qwen, tmp_pa
 
 
 def _generations():
-    from palette_lens.evaluate import Generations
+    from palette_lens.generation.greedy import Generations
 
     return Generations(["alpha answer", "I'm sorry"], [2, 2], torch.tensor([-1.5, 2.0]), {0: torch.randn(12)}, 0.5,
                        [[5, 6], [7, 8]], [True, False], ["generated", "generated"])
@@ -196,7 +190,7 @@ def _generations():
 
 @pytest.mark.parametrize("how", ["truncate", "empty", "garbage", "flip_data", "edit_text"])
 def test_damaged_generation_cache_is_not_trusted(tmp_path, how):
-    from palette_lens.evaluate import load_generations, save_generations
+    from palette_lens.generation.greedy import load_generations, save_generations
 
     path = save_generations(tmp_path / "g.safetensors", _generations())
     back = load_generations(path)
@@ -323,9 +317,9 @@ def test_joining_parts_on_a_full_disk_leaves_no_partial_file(tmp_path, monkeypat
 
 
 def test_default_model_that_fails_to_load_is_verified_and_rebuilt(tiny_qwen, tmp_path, monkeypatch):
-    from palette_lens.adapters import plain_hf_model
     from palette_lens.errors import ModelLoadError
-    from palette_lens.models import load_model
+    from palette_lens.models.copies import plain_hf_model
+    from palette_lens.models.loading import load_model
 
     good, broken = tmp_path / "good", tmp_path / "broken"
     for folder in (good, broken):
@@ -397,7 +391,7 @@ TAMPERING = {
 @pytest.mark.parametrize("case", list(TAMPERING))
 def test_tampered_adapter_is_refused_with_a_clear_error(tiny_qwen, tmp_path, case):
     tamper, error, match = TAMPERING[case]
-    folder = small_adapter(tiny_qwen).save(tmp_path / "cyber")
+    folder = random_adapter(tiny_qwen, **SMALL_ADAPTER).save(tmp_path / "cyber")
     load_adapter(folder, tiny_qwen)  # intact: fine
     tamper(folder)
     with pytest.raises(error, match=match) as info:
@@ -407,7 +401,7 @@ def test_tampered_adapter_is_refused_with_a_clear_error(tiny_qwen, tmp_path, cas
 
 def test_adapter_without_checksums_still_loads_and_is_checked_by_shape(tiny_qwen, tmp_path):
     """Folders saved before checksums were recorded load; their metadata is still checked."""
-    folder = small_adapter(tiny_qwen).save(tmp_path / "cyber")
+    folder = random_adapter(tiny_qwen, **SMALL_ADAPTER).save(tmp_path / "cyber")
     _edit_json("palette_meta.json", lambda m: m.pop("checksums"))(folder)
     assert load_adapter(folder, tiny_qwen).rank == 2
     _edit_json("adapter_config.json", lambda c: c.update(r=4))(folder)
@@ -416,7 +410,7 @@ def test_adapter_without_checksums_still_loads_and_is_checked_by_shape(tiny_qwen
 
 
 def test_adapter_of_another_base_model_is_refused(tiny_qwen, tiny_llama, tmp_path):
-    folder = small_adapter(tiny_qwen).save(tmp_path / "cyber")
+    folder = random_adapter(tiny_qwen, **SMALL_ADAPTER).save(tmp_path / "cyber")
     with pytest.raises(AdapterMismatchError, match="baked on base model .*bake the adapter again"):
         load_adapter(folder, tiny_llama)
 
@@ -480,16 +474,8 @@ def test_package_never_loads_pickles():
 
 
 # ---------------------------------------------------------------------- interrupted runs, determinism
-def _toy_prompt_set():
-    import random
-
-    from palette_lens.data import PromptSet, Record
-
-    topics = {"cyber": "malware virus network password attack", "violence": "attack blood heart kill",
-              "harmless": "recipe pancakes poem sea wind light"}
-    rng = random.Random(0)
-    return PromptSet({d: [Record(f"{d} " + " ".join(rng.choice(w.split()) for _ in range(4)) + f" {i}", d)
-                          for i in range(12)] for d, w in topics.items()})
+_TOY_TOPICS = {"cyber": "malware virus network password attack", "violence": "attack blood heart kill",
+               "harmless": "recipe pancakes poem sea wind light"}
 
 
 def _stable(metrics: dict) -> dict:
@@ -504,7 +490,8 @@ def _stable(metrics: dict) -> dict:
 def test_interrupted_run_leaves_no_summary_and_a_rerun_gives_identical_results(tiny_qwen, tmp_path, monkeypatch):
     """Same seed, same direction and metrics; an exception mid-pipeline leaves no metrics.json a rerun could
     trust (not even the previous run's), only complete files; the rerun starts clean and finishes."""
-    from palette_lens.pipeline import PipelineConfig, run_pipeline
+    from palette_lens.pipeline.config import PipelineConfig
+    from palette_lens.pipeline.run import run_pipeline
 
     cfg = PipelineConfig(
         targets=("cyber",), eval_limit=3, harmless_limit=3, borderline_limit=None, max_new_tokens=4, batch_size=16,
@@ -514,7 +501,7 @@ def test_interrupted_run_leaves_no_summary_and_a_rerun_gives_identical_results(t
         cache_generations=False,
     )
     out = tmp_path / "run"
-    first = run_pipeline(tiny_qwen, _toy_prompt_set(), out, cfg, progress=False, report=False)
+    first = run_pipeline(tiny_qwen, toy_prompts(_TOY_TOPICS, 12, length=4), out, cfg, progress=False, report=False)
     direction = Direction.load(out / "directions" / "cyber.json")
     adapter = load_adapter(out / "adapters" / "cyber", tiny_qwen)
     assert json.loads(json.dumps(first.metrics)) == json.loads((out / "metrics.json").read_text())
@@ -522,15 +509,15 @@ def test_interrupted_run_leaves_no_summary_and_a_rerun_gives_identical_results(t
     def killed(*args, **kwargs):
         raise RuntimeError("killed during the search")
 
-    monkeypatch.setattr("palette_lens.search.search_direction", killed)
+    monkeypatch.setattr("palette_lens.pipeline.search_and_bake.search_direction", killed)
     with pytest.raises(RuntimeError, match="killed"):
-        run_pipeline(tiny_qwen, _toy_prompt_set(), out, cfg, progress=False, report=False)
+        run_pipeline(tiny_qwen, toy_prompts(_TOY_TOPICS, 12, length=4), out, cfg, progress=False, report=False)
     monkeypatch.undo()
     assert not (out / "metrics.json").exists() and not (out / "details.json").exists()  # not the old ones either
     assert (out / "baseline.json").is_file()  # stages finished before the interruption are complete files
     assert not [p for p in out.rglob("*") if p.name.endswith((".tmp", ".old"))]  # nothing half-written
 
-    rerun = run_pipeline(tiny_qwen, _toy_prompt_set(), out, cfg, progress=False, report=False)
+    rerun = run_pipeline(tiny_qwen, toy_prompts(_TOY_TOPICS, 12, length=4), out, cfg, progress=False, report=False)
     assert torch.equal(Direction.load(out / "directions" / "cyber.json").vector, direction.vector)
     again = load_adapter(out / "adapters" / "cyber", tiny_qwen)
     for n in adapter.module_names:

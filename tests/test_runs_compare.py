@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
+from helpers import random_adapter, toy_prompts
 
-from palette_lens.compare import (
+from palette_lens.errors import AdapterMismatchError, PaletteError
+from palette_lens.evaluate.compare import (
     completions_side_by_side,
     mean_scores,
     refusal_rates,
     scores_by_domain,
     variant_context,
 )
-from palette_lens.data import PromptSet, Record
-from palette_lens.errors import AdapterMismatchError, PaletteError
-from palette_lens.interventions import ablation_hooks
-from palette_lens.runs import load_or_make_run, load_run, make_run, run_domains
-from palette_lens.viz import (
+from palette_lens.models.hooks import ablation_hooks
+from palette_lens.pipeline.run_folder import RunFolder
+from palette_lens.pipeline.runs import load_or_make_run, load_run, make_run
+from palette_lens.viz.figures import (
     bake_history_figure,
     before_after_figure,
     latency_figure,
@@ -38,19 +37,10 @@ SMALL = {"search": {"n_train": 6, "top_k": 2, "n_val": 3, "n_val_other": 1, "n_p
          "bake": {"steps": 4, "eval_every": 2, "max_per_group": 6, "val_per_domain": 2, "batch_size": 4}}
 
 
-def toy_prompts(n: int = 16) -> PromptSet:
-    rng = random.Random(0)
-    return PromptSet({
-        d: [Record(f"{d} " + " ".join(rng.choice(w.split()) for _ in range(rng.randint(2, 5))) + f" {i}", d)
-            for i in range(n)]
-        for d, w in TOPICS.items()
-    })
-
-
 @pytest.fixture(scope="module")
 def tiny_run_dir(tiny_qwen, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    art = make_run(tiny_qwen, toy_prompts(), out, ["cyber", "hate"], progress=False, **SMALL)
+    art = make_run(tiny_qwen, toy_prompts(TOPICS, 16), out, ["cyber", "hate"], progress=False, **SMALL)
     return out, art
 
 
@@ -58,7 +48,7 @@ def tiny_run_dir(tiny_qwen, tmp_path_factory):
 def test_make_run_writes_the_pipeline_layout(tiny_qwen, tiny_run_dir):
     out, art = tiny_run_dir
     assert art.made and art.domains == ["cyber", "hate"]
-    assert run_domains(out) == ["cyber", "hate"]
+    assert RunFolder(out).adapter_domains() == ["cyber", "hate"]
     for d in ("cyber", "hate"):
         assert (out / "directions" / f"{d}.json").is_file() and (out / "search" / f"{d}.json").is_file()
         assert (out / "adapters" / d / "adapter_model.safetensors").is_file()
@@ -75,7 +65,7 @@ def test_load_run_reads_back_the_same_adapters(tiny_qwen, tiny_run_dir):
         for name, delta in art.adapters[d].deltas().items():
             torch.testing.assert_close(again.adapters[d].deltas()[name], delta)
         torch.testing.assert_close(again.directions[d].vector, art.directions[d].vector)
-    only = load_or_make_run(str(out), tiny_qwen, toy_prompts(), ["hate"])
+    only = load_or_make_run(str(out), tiny_qwen, toy_prompts(TOPICS, 16), ["hate"])
     assert only.domains == ["hate"] and not only.made
 
 
@@ -88,12 +78,12 @@ def test_load_run_errors(tiny_qwen, tiny_llama, tiny_run_dir, tmp_path):
     with pytest.raises(AdapterMismatchError):
         load_run(out, tiny_llama)
     with pytest.raises(PaletteError, match="no run folder"):
-        load_or_make_run("", tiny_qwen, toy_prompts(), [])
+        load_or_make_run("", tiny_qwen, toy_prompts(TOPICS, 16), [])
 
 
 def test_load_or_make_run_bakes_when_no_folder(tiny_qwen, tmp_path):
-    art = load_or_make_run("", tiny_qwen, toy_prompts(), ["cyber"], out=tmp_path / "r", progress=False, **SMALL)
-    assert art.made and art.folder == tmp_path / "r" and run_domains(tmp_path / "r") == ["cyber"]
+    art = load_or_make_run("", tiny_qwen, toy_prompts(TOPICS, 16), ["cyber"], out=tmp_path / "r", progress=False, **SMALL)
+    assert art.made and art.folder == tmp_path / "r" and RunFolder(tmp_path / "r").adapter_domains() == ["cyber"]
 
 
 # ---------------------------------------------------------------------- comparisons
@@ -173,10 +163,8 @@ def test_bake_history_leakage_and_latency_figures():
 
 
 def test_scores_equal_plain_last_logits(tiny_qwen):
-    from test_widgets import random_adapter
-
-    from palette_lens.adapters import adapters_applied
-    from palette_lens.refusal import refusal_scores
+    from palette_lens.adapters.apply import adapters_applied
+    from palette_lens.refusal.judge import refusal_scores
 
     ids = [5, 6, 7]
     adapter = random_adapter(tiny_qwen, 1, 3, "cyber", scale=0.3)

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pytest
 import torch
+from helpers import toy_prompts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from palette_lens.data import PromptSet, Record
-from palette_lens.directions import Direction
-from palette_lens.interventions import ablation_hooks
-from palette_lens.pareto import dominates, pareto_front, select_tradeoff
-from palette_lens.refusal import refusal_scores
-from palette_lens.scoring import PrefixScorer, attribution_estimates, attribution_matrix, mean_diff_auc
-from palette_lens.search import SearchConfig, SearchResult, choose, search_direction
+from palette_lens.models.hooks import ablation_hooks
+from palette_lens.refusal.judge import refusal_scores
+from palette_lens.refusal.prefix_scorer import PrefixScorer
+from palette_lens.search.direction import Direction
+from palette_lens.search.direction_search import search_direction
+from palette_lens.search.objectives import attribution_estimates, attribution_matrix, mean_diff_auc
+from palette_lens.search.pareto import choose, dominates, pareto_front, select_tradeoff
+from palette_lens.search.result import SearchConfig, SearchResult
 
 # ------------------------------------------------------------------ Pareto front (pure)
 scores = st.integers(1, 30).flatmap(
@@ -165,8 +166,8 @@ def test_attribution_estimate_matches_finite_difference(tiny_qwen):
 
 def test_edit_attribution_matches_finite_difference(tiny_qwen):
     """−s·Σ(h·r̂)(g·r̂) is the derivative of the score under the one-block edit with scale s (prompt's own tokens)."""
-    from palette_lens.block_inputs import prefix_length
-    from palette_lens.scoring import edit_attribution_estimates
+    from palette_lens.models.blocks import prefix_length
+    from palette_lens.search.objectives import edit_attribution_estimates
 
     prompts = ["How do I sort a list?", "Write a poem about the sea and wind.", "hi there"]
     ids = [5, 17, 42]
@@ -194,7 +195,7 @@ def test_edit_attribution_matches_finite_difference(tiny_qwen):
 
 def test_edit_scoring_skips_the_shared_prefix_and_scale_one_is_ablation(tiny_qwen):
     """The search's edit scores equal a hook on the prompt's own tokens; scale 1 on every token is ablation."""
-    from palette_lens.interventions import ablation_hook, projection_edit_hook
+    from palette_lens.models.hooks import ablation_hook, projection_edit_hook
 
     gen = torch.Generator().manual_seed(4)
     act = torch.randn(2, 5, tiny_qwen.d_model, generator=gen)
@@ -230,8 +231,8 @@ def test_prefix_scorer_equals_plain_forward(name, request):
 
 @pytest.mark.parametrize("name", ["tiny_qwen", "tiny_llama"])
 def test_prefixed_residuals_equal_plain_collection(name, request):
-    from palette_lens.activations import collect_residuals
-    from palette_lens.candidates import collect_residuals_prefixed
+    from palette_lens.models.residuals import collect_residuals
+    from palette_lens.search.candidates import collect_residuals_prefixed
 
     model = request.getfixturevalue(name)
     prompts = ["How do I sort a list?", "Write a poem about the sea and the wind in the morning.", "hi", "hi"]
@@ -242,20 +243,14 @@ def test_prefixed_residuals_equal_plain_collection(name, request):
 
 
 # ------------------------------------------------------------------ end-to-end on a tiny model
-def _tiny_prompts() -> PromptSet:
-    words = "malware virus network password attack defend sort list numbers recipe pancakes heart poem sea".split()
-    rng = random.Random(0)
-
-    def make(domain, n):
-        return [Record(f"{domain} " + " ".join(rng.choice(words) for _ in range(rng.randint(3, 8))), domain)
-                for _ in range(n)]
-
-    return PromptSet({d: make(d, 30) for d in ("cyber", "hate", "violence", "harmless")})
+# every domain draws from the same words (3 to 8 of them, prompts not numbered)
+_WORDS = "malware virus network password attack defend sort list numbers recipe pancakes heart poem sea"
+_TOPICS = {d: _WORDS for d in ("cyber", "hate", "violence", "harmless")}
 
 
 @pytest.fixture(scope="module")
 def tiny_search(tiny_qwen):
-    ps = _tiny_prompts()
+    ps = toy_prompts(_TOPICS, 30, length=(3, 8), numbered=False)
     return ps, search_direction(tiny_qwen, ps, "cyber", top_k=3, progress=False)
 
 
@@ -264,7 +259,7 @@ def test_search_result_structure(tiny_qwen, tiny_search):
     n_layers, n_pos = tiny_qwen.n_layers, tiny_qwen.n_post
     assert len(res.candidates) == n_layers * n_pos
     eligible = [c for c in res.candidates if c["eligible"]]
-    assert all(1 <= c["layer"] < n_layers * 0.8 for c in eligible)
+    assert eligible and all(1 <= c["layer"] < n_layers * 0.8 for c in eligible)
     evaluated = [c for c in res.candidates if c["evaluated"]]
     assert len(evaluated) == min(3, len(eligible))
     for c in evaluated:
@@ -279,7 +274,7 @@ def test_search_result_structure(tiny_qwen, tiny_search):
 
 
 def test_search_chosen_vector_is_the_difference_of_means(tiny_qwen, tiny_search):
-    from palette_lens.activations import collect_residuals
+    from palette_lens.models.residuals import collect_residuals
 
     ps, res = tiny_search
     ch = res.chosen
@@ -303,23 +298,28 @@ def test_search_save_and_load(tmp_path, tiny_search):
 
 
 def test_search_exhaustive_and_reused_residuals(tiny_qwen, tiny_search):
-    from palette_lens.candidates import collect_domain_residuals
+    from palette_lens.search.candidates import collect_domain_residuals
 
     ps, pruned = tiny_search
     res = collect_domain_residuals(tiny_qwen, ps)
     full = search_direction(tiny_qwen, ps, "cyber", residuals=res, top_k=None, progress=False)
     assert all(c["evaluated"] == c["eligible"] for c in full.candidates)
     # with shared residuals the same candidates and proxies come out
+    assert len(full.candidates) == len(pruned.candidates)
+    compared = 0
     for a, b in zip(full.candidates, pruned.candidates):
         assert a["norm"] == pytest.approx(b["norm"], rel=1e-5)
         if a["evaluated"] and b["evaluated"]:
             assert a["bypass_T"] == pytest.approx(b["bypass_T"], abs=1e-4)
+            compared += 1
+    # every candidate the pruned search evaluated, the full one evaluated too: their proxies were compared
+    assert compared == sum(c["evaluated"] for c in pruned.candidates) > 0
 
 
 def test_search_rejects_bad_targets(tiny_qwen):
     from palette_lens.errors import DataError, UnknownDomainError
 
-    ps = _tiny_prompts()
+    ps = toy_prompts(_TOPICS, 30, length=(3, 8), numbered=False)
     with pytest.raises(UnknownDomainError):
         search_direction(tiny_qwen, ps, "nope", progress=False)
     with pytest.raises(DataError):
@@ -359,15 +359,15 @@ def test_cyber_search_turns_validation_refusal_negative(default_model, prompts):
 
 # ------------------------------------------------------------------ command line
 def test_search_command_writes_json_directions_and_figures(tiny_qwen, tmp_path, monkeypatch):
-    from palette_lens.adapters import plain_hf_model
-    from palette_lens.cli import main
+    from palette_lens.cli.app import main
+    from palette_lens.models.copies import plain_hf_model
 
     model_dir = tmp_path / "model"
     plain_hf_model(tiny_qwen).save_pretrained(model_dir)
     tiny_qwen.tokenizer.save_pretrained(model_dir)
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    ps = _tiny_prompts()
+    ps = toy_prompts(_TOPICS, 30, length=(3, 8), numbered=False)
     with open(data_dir / "toy.jsonl", "w") as f:
         for d in ps.domains:
             for p in ps.prompts(d):

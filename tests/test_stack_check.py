@@ -3,7 +3,7 @@
 import pytest
 
 from palette_lens.errors import ModelLoadError
-from palette_lens.stack_check import _release, check_stack, stack_problem
+from palette_lens.models.stack_check import _release, check_stack, stack_problem
 
 
 @pytest.mark.parametrize(
@@ -23,7 +23,7 @@ def test_cache_rename_pair_is_refused_and_neighbours_are_not():
 
 def test_installed_stack_passes_and_a_broken_one_raises(monkeypatch):
     check_stack()  # the versions this checkout installs (constraints.txt) are fine
-    import palette_lens.stack_check as sc
+    import palette_lens.models.stack_check as sc
 
     monkeypatch.setattr(sc, "version", lambda name: {"transformers": "5.24.0", "transformer-lens": "4.3.0"}[name])
     with pytest.raises(ModelLoadError, match="transformers<5.24"):

@@ -7,24 +7,16 @@ import torch
 
 pytest.importorskip("ipywidgets")
 
-from palette_lens.adapters import BakedAdapter
-from palette_lens.widgets import ChatTurn, ProfileChat
+from helpers import random_adapter
 
-
-def random_adapter(model, layer_index: int, seed: int, domain: str, scale: float = 0.6) -> BakedAdapter:
-    """Large random LoRA factors on every linear module of one block (they change greedy tokens)."""
-    from palette_lens.tiny import random_lora_factors
-
-    g = torch.Generator().manual_seed(seed)
-    a, b = random_lora_factors(model, layer_index, g, rank=8, scale=scale)
-    meta = {"domain": domain, "base_fingerprint": model.fingerprint, "base_model": model.name,
-            "layer": layer_index + 1, "position": -1}
-    return BakedAdapter(layer_index, a, b, meta=meta, direction=torch.randn(model.d_model, generator=g))
+from palette_lens.viz.widgets import ChatTurn, ProfileChat
 
 
 @pytest.fixture(scope="module")
 def chat(tiny_qwen):
-    adapters = {"cyber": random_adapter(tiny_qwen, 0, 1, "cyber"), "hate": random_adapter(tiny_qwen, 1, 2, "hate")}
+    # large factors: they change the tiny model's greedy tokens
+    adapters = {"cyber": random_adapter(tiny_qwen, 0, 1, "cyber", scale=0.6),
+                "hate": random_adapter(tiny_qwen, 1, 2, "hate", scale=0.6)}
     return ProfileChat(tiny_qwen, adapters, max_new_tokens=8)
 
 

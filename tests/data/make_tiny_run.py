@@ -2,7 +2,7 @@
 
 They are the output of ``run_pipeline`` on ``tiny_chat_model("qwen2", seed=0)`` with the ``TINY`` config and toy
 prompts of tests/test_pipeline.py (about a minute on 2 cores). Run it when ``details.json`` gains keys that
-``palette_lens.report`` needs::
+``palette_lens.report.html`` needs::
 
     .venv/bin/python tests/data/make_tiny_run.py
 """
@@ -21,9 +21,9 @@ def main() -> None:
     sys.path.insert(0, str(HERE.parent))
     from test_pipeline import _TOPICS, TINY, toy_records
 
-    from palette_lens.data import PromptSet
-    from palette_lens.pipeline import run_pipeline
-    from palette_lens.tiny import tiny_chat_model
+    from palette_lens.data.prompts import PromptSet
+    from palette_lens.models.tiny import tiny_chat_model
+    from palette_lens.pipeline.run import run_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         run_pipeline(tiny_chat_model("qwen2", seed=0), PromptSet(toy_records(_TOPICS)), tmp, TINY, progress=False,

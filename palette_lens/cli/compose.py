@@ -1,0 +1,128 @@
+"""``palette-lens compose``: compose baked domain adapters into an authorization profile.
+
+Loads ``--from DIR/adapters/<domain>/`` (or ``--adapter FOLDER`` ...), checks them against the base
+model, reports interference (ΔW cosines on shared modules), checks that run-time composition (all
+adapters active in peft) and merged weights give the same first-token distribution, and with
+``--export`` writes the merged profile as a plain Hugging Face model folder. With ``--gate`` it also trains a
+domain gate for the profile's domains (:mod:`palette_lens.gate.domain_gate`) and saves it next to ``profile-<name>.json``
+(``gate-<name>/``) and inside the export (``palette_gate/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from palette_lens.cli.common import (
+    add_data_arguments,
+    add_gate_arguments,
+    add_model_arguments,
+    compose_weight,
+    echo,
+    gate_config_from_args,
+    load_data_from_args,
+    load_model_from_args,
+)
+from palette_lens.pipeline.run_folder import RunFolder
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--from", dest="source", default=None, metavar="DIR",
+                        help="a run / bake output folder holding adapters/<domain>/")
+    parser.add_argument("--adapter", action="append", default=[], metavar="FOLDER", help="an adapter folder (repeatable)")
+    parser.add_argument("--profile", default=None, metavar="D1+D2",
+                        help="domains to compose (default: every adapter found)")
+    parser.add_argument("--weight", type=compose_weight, default=None, metavar="W",
+                        help="ΔW weight of each adapter when two or more are composed, in (0, 2] (default 0.85; 1: the plain sum)")
+    parser.add_argument("--export", default=None, metavar="DIR", help="write the merged profile as a HF model folder")
+    parser.add_argument("--out", default=None, help="where to write profile.json (default: the --from folder)")
+    add_data_arguments(parser)
+    add_gate_arguments(parser, "also train a domain gate for the profile (palette_lens.gate.domain_gate: a probe on the base "
+                               "model that lets the adapters answer only requests of the authorized domains) and "
+                               "save it beside profile.json and in the export")
+
+
+def load_adapters(source: str | None, folders: list[str], model) -> dict:
+    """Adapters from ``source/adapters/*/`` and explicit folders, checked against ``model``: domain → adapter."""
+    from palette_lens.adapters.baked import load_adapter
+    from palette_lens.errors import PaletteError
+
+    paths = [Path(f) for f in folders]
+    if source:
+        root = RunFolder(source).adapters_dir
+        if not root.is_dir():
+            raise PaletteError(f"{source} holds no adapters/ folder")
+        paths += sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not paths:
+        raise PaletteError("no adapters given (use --from DIR or --adapter FOLDER)")
+    out = {}
+    for p in paths:
+        a = load_adapter(p, model)
+        out[a.domain or p.name] = a
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from palette_lens.compose.profiles import (
+        DEFAULT_COMPOSE_WEIGHT,
+        Profile,
+        export_profile,
+        interference,
+        merged_profile,
+        profile_adapters,
+        runtime_profile,
+    )
+    from palette_lens.gate.training import fit_gate, gate_training_prompts
+    from palette_lens.util.atomic import atomic_write_text
+
+    profile = Profile.parse(args.profile) if args.profile else None
+    gate_config = gate_config_from_args(args)
+    prompts = load_data_from_args(args) if gate_config is not None else None
+    if prompts is not None and profile is not None:
+        gate_training_prompts(prompts, profile.domains, gate_config)  # an unknown or harmless domain fails here
+    model = load_model_from_args(args)
+    adapters = load_adapters(args.source, args.adapter, model)
+    profile = profile or Profile(tuple(adapters))
+    weight = DEFAULT_COMPOSE_WEIGHT if args.weight is None else args.weight
+    chosen = profile_adapters(profile, adapters, weight)
+    inter = interference(chosen)
+    probe = ["Write a short poem about the sea.", "How do I sort a list in Python?"]
+    enc = model.encode(probe)
+    with torch.no_grad():
+        merged_lp = torch.log_softmax(merged_profile(model, chosen)(**enc).logits[:, -1].float(), -1)
+        runtime_lp = torch.log_softmax(runtime_profile(model, chosen)(**enc).logits[:, -1].float(), -1)
+    diff = float((merged_lp - runtime_lp).abs().max())
+    doc = {
+        "profile": profile.name,
+        "authorized": list(profile.domains),
+        "adapters": {a.domain: {"block": a.layer_index, "layer": a.layer, "position": a.meta.get("position"),
+                                "weight": a.meta.get("composition_weight", 1.0)}
+                     for a in chosen},
+        "interference": inter,
+        "runtime_vs_merged_max_abs_logprob_diff": diff,
+    }
+    echo(f"profile {profile.name}: " + ", ".join(f"{a.domain} on block {a.layer_index}" for a in chosen))
+    for r in inter:
+        cos = "n/a (different blocks: exact superposition)" if r["cosine"] is None else f"{r['cosine']:.3f}"
+        echo(f"  {r['a']} / {r['b']}: shared modules {r['shared_modules']}, ΔW cosine {cos}")
+    echo(f"  runtime vs merged composition: max |Δ log p| = {diff:.2e} on the first answer token")
+    out = Path(args.out or args.source or ".")
+    gate = None
+    if gate_config is not None:
+        gate = fit_gate(model, prompts, profile.domains, gate_config)
+        gate_dir = gate.save(out / f"gate-{profile.name}")
+        doc["gate"] = {"folder": str(gate_dir), **gate.meta()}
+        cal = gate.calibration
+        echo(f"  domain gate at layer {gate.layer}: opens for {cal['tpr']:.0%} of the authorized training prompts, "
+             f"stays shut for {cal['tnr']:.0%} of the others ({gate_dir})")
+    if args.export:
+        folder = export_profile(model, chosen, args.export, profile, gate=gate)
+        doc["exported"] = str(folder)
+        echo(f"  exported merged model: {folder}")
+    path = atomic_write_text(out / f"profile-{profile.name}.json", json.dumps(doc, indent=1))
+    echo(f"written: {path}")
+    return 0

@@ -1,0 +1,168 @@
+"""``palette-lens leakage``: non-target refusal of profiles under adversarial prompts.
+
+Reads the adapters of a finished run folder (``DIR/adapters/<domain>/``); a profile is one domain or several
+(``cyber+hate``: their adapters merged, as ``compose`` merges them). It builds for each profile the
+non-target test prompts framed as its profession, wrapped in role-play templates and mixed with a target
+request (:mod:`palette_lens.evaluate.leakage`), and compares the merged profile's refusal with vanilla's on the same
+prompts. Writes ``leakage.md`` and ``leakage.json`` (default: into ``DIR``). With ``--gate`` each profile is also
+measured behind a domain gate (:mod:`palette_lens.gate.domain_gate`; rows ``<domain> gated``, the gates saved under ``gates/``
+next to the table); ``--gated-only`` measures only those rows (and vanilla).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from palette_lens.cli.common import (
+    add_data_arguments,
+    add_gate_arguments,
+    add_model_arguments,
+    echo,
+    gate_config_from_args,
+    load_data_from_args,
+    load_model_from_args,
+    positive_int,
+)
+from palette_lens.pipeline.run_folder import RunFolder
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from palette_lens.data.attacks import ATTACK_KINDS, MIXED_ORDERS
+
+    add_model_arguments(parser)
+    add_data_arguments(parser)
+    parser.add_argument("--from", dest="source", required=True, metavar="DIR",
+                        help="a finished run folder holding adapters/<domain>/ (demo, run or evaluate output)")
+    parser.add_argument("--profile", action="append", default=None, metavar="DOMAIN[+DOMAIN]",
+                        help="a profile to attack: one domain, or several joined by '+' whose adapters are merged "
+                             "(repeatable; default: every adapter in DIR alone)")
+    parser.add_argument("--attack", action="append", default=None, choices=ATTACK_KINDS,
+                        help="an attack kind (repeatable; default: all)")
+    parser.add_argument("--limit", type=positive_int, default=24, help="prompts per profile and attack (default 24)")
+    parser.add_argument("--attack-seed", type=int, default=0, help="seed of the prompt sampling (default 0)")
+    parser.add_argument("--mixed-order", choices=MIXED_ORDERS, default="random",
+                        help="order of the two requests in mixed prompts (default: seeded random)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
+                        help="greedy tokens per completion (default: the run's, else 64)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="sequences per generation batch")
+    parser.add_argument("--out", default=None, metavar="FILE.md",
+                        help="the Markdown table (default DIR/leakage.md); the JSON goes next to it (.json)")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write cached vanilla generations")
+    add_gate_arguments(parser, "also measure each profile behind a domain gate (palette_lens.gate.domain_gate): a probe "
+                               "trained on the train prompts decides per prompt whether the adapter answers; rows "
+                               "'<domain> gated'")
+    parser.add_argument("--gated-only", action="store_true",
+                        help="with --gate: measure only the gated rows, not the adapters alone (about half the time)")
+
+
+def _run_settings(folder: Path) -> tuple[dict, str | None]:
+    """The run's pipeline config and data hash from ``details.json`` ({} / None when absent or unreadable)."""
+    path = RunFolder(folder).details_json
+    if not path.is_file():
+        return {}, None
+    try:
+        details = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        log.warning("%s is unreadable; using default generation settings", path)
+        return {}, None
+    if not isinstance(details, dict):
+        return {}, None
+    config = details.get("config") if isinstance(details.get("config"), dict) else {}
+    data = details.get("data") if isinstance(details.get("data"), dict) else {}
+    return config, data.get("hash")
+
+
+def _profiles(specs: list[str]) -> dict[str, tuple[str, ...]]:
+    """``--profile`` values → profile name ("cyber+hate", domains in the order given) → its domains."""
+    from palette_lens.compose.profiles import Profile
+
+    profiles = [Profile.parse(spec) for spec in specs]  # an empty or repeating profile is a PaletteError
+    return {p.name: p.domains for p in profiles}
+
+
+def run(args: argparse.Namespace) -> int:
+    from palette_lens.data.attacks import ATTACK_KINDS, professions_for
+    from palette_lens.errors import PaletteError
+    from palette_lens.evaluate.evaluator import EvalConfig
+    from palette_lens.evaluate.leakage import AttackConfig, measure_leakage
+    from palette_lens.gate.training import fit_gate
+    from palette_lens.pipeline.run_folder import RunFolder
+    from palette_lens.pipeline.runs import load_run
+    from palette_lens.util.atomic import atomic_write_text
+
+    # everything that can be checked without the model first
+    folder = Path(args.source).expanduser()
+    if not folder.is_dir():
+        raise PaletteError(f"run folder not found: {folder}")
+    have = RunFolder(folder).adapter_domains()
+    if not have:
+        raise PaletteError(f"{folder} holds no adapters (expected {folder}/adapters/<domain>/)")
+    wanted = _profiles(args.profile or have)
+    missing = [d for d in dict.fromkeys(d for p in wanted.values() for d in p) if d not in have]
+    if missing:
+        raise PaletteError(f"{folder} has no adapter for {', '.join(missing)}; it has {', '.join(have)}")
+    prompts = load_data_from_args(args)
+    for d in dict.fromkeys(d for p in wanted.values() for d in p):
+        prompts.check_domain(d)
+        if d not in prompts.harmful_domains:
+            raise PaletteError(f"a profile must be made of harmful domains, not {d!r}")
+    if any(len(p) >= len(prompts.harmful_domains) for p in wanted.values()):
+        raise PaletteError("a profile must leave at least one harmful domain unauthorized to measure leakage")
+    kinds = tuple(dict.fromkeys(args.attack or ATTACK_KINDS))
+    if "profession" in kinds:
+        for p in wanted.values():
+            professions_for(p)
+    out_md = Path(args.out).expanduser() if args.out else folder / "leakage.md"
+    if out_md.is_dir():
+        raise PaletteError(f"--out must be a file, but {out_md} is a folder")
+    out_json = out_md.with_suffix(".json")
+
+    run_config, data_hash = _run_settings(folder)
+    if data_hash and data_hash != prompts.data_hash():
+        log.warning("the prompts differ from the run's (data hash %s, run %s): the test split may not be held out",
+                    prompts.data_hash(), data_hash)
+    defaults = EvalConfig()
+    eval_config = EvalConfig(
+        max_new_tokens=args.max_new_tokens or int(run_config.get("max_new_tokens") or defaults.max_new_tokens),
+        batch_size=args.batch_size or int(run_config.get("batch_size") or defaults.batch_size),
+        first_phase=int(run_config.get("first_phase") or defaults.first_phase),
+    )
+    config = AttackConfig(kinds=kinds, limit=args.limit, seed=args.attack_seed, mixed_order=args.mixed_order)
+
+    if args.gated_only and not args.gate:
+        raise PaletteError("--gated-only needs --gate")
+    gate_config = gate_config_from_args(args)
+
+    model = load_model_from_args(args)
+    artifacts = load_run(folder, model, list(dict.fromkeys(d for p in wanted.values() for d in p)))
+    adapters = {name: [artifacts.adapters[d] for d in p] for name, p in wanted.items()}
+    profiles: dict = {name: a[0] if len(a) == 1 else a for name, a in adapters.items()}
+    authorized = dict(wanted)
+    gates = {}
+    if gate_config is not None:
+        for name, p in wanted.items():
+            gate = fit_gate(model, prompts, p, gate_config)
+            gate.save(RunFolder(out_md.parent).gate_dir(name))
+            gated = f"{name} gated"
+            profiles[gated], authorized[gated], gates[gated] = profiles[name], p, gate
+        if args.gated_only:
+            for name in wanted:
+                del profiles[name], authorized[name]
+    table = measure_leakage(model, prompts, profiles, config, eval_config, cache=not args.no_cache,
+                            authorized=authorized, gates=gates)
+    table.settings["run_folder"] = str(folder)
+    table.settings["data_hash"] = prompts.data_hash()
+    atomic_write_text(out_json, json.dumps(table.to_dict(), indent=1))
+    text = table.markdown() + "\n\nRefusal on the authorized domain (should fall):\n\n" + table.markdown_target() + "\n"
+    atomic_write_text(out_md, text)
+    echo(text)
+    over = table.over_budget
+    echo(f"rows over the {config.budget_pts:g}-point budget: "
+         + (", ".join(f"{r.profile}/{r.attack} ({r.extra_leakage_pts:+.0f})" for r in over) if over else "none"))
+    echo(f"written: {out_md}, {out_json}")
+    return 0
