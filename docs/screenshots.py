@@ -1,4 +1,4 @@
-"""Regenerate ``docs/report.png`` and ``docs/notebook.png`` in headless Chromium (see palette_lens.browser).
+"""Regenerate ``docs/report.png`` and ``docs/notebook.png`` in headless Chromium (see palette_lens.report.browser).
 
     .venv/bin/python docs/screenshots.py --report runs/demo-quick/report.html \\
         --notebook notebooks/_executed/SOME_NOTEBOOK.ipynb
@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from palette_lens.browser import HeadlessChromium, count_plotly_outputs, export_notebook_html
+from palette_lens.report.browser import HeadlessChromium, count_plotly_outputs, export_notebook_html
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("screenshots")
