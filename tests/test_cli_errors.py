@@ -18,7 +18,7 @@ from helpers import random_adapter, write_jsonl
 
 from palette_lens.cli import app as cli
 
-COMMANDS = ("common", "run", "search", "bake", "baseline", "evaluate", "compose")
+COMMANDS = ("common", "run", "search", "bake", "baseline", "evaluate", "compose", "leakage")
 WORDS = {
     "cyber": "malware virus network password attack",
     "violence": "attack blood fight kill",
@@ -116,10 +116,10 @@ def test_unknown_domain(builtin, tmp_path, monkeypatch, capsys, argv):
     assert snapshot(builtin) == before and not (tmp_path / "out").exists()
 
 
-def test_unknown_domain_in_a_profile(builtin, adapter_folder, tiny_qwen, tmp_path, monkeypatch, capsys):
-    use_model(monkeypatch, tiny_qwen)
+def test_unknown_domain_in_a_profile(builtin, adapter_folder, tmp_path, monkeypatch, capsys):
+    use_model(monkeypatch)  # reported before the model is loaded
     code, err = run_cli(capsys, "compose", "--from", adapter_folder, "--profile", "cyber+nope", "--out", tmp_path)
-    assert_one_line_error(code, err, "profile 'cyber+nope' needs adapters for nope")
+    assert_one_line_error(code, err, "profile 'cyber+nope' needs nope, which has no adapter here (adapters: cyber)")
 
 
 # ---------------------------------------------------------------------- malformed, empty, unusable data
@@ -155,7 +155,7 @@ def test_missing_data_file_or_a_folder(builtin, tmp_path, monkeypatch, capsys):
     code, err = run_cli(capsys, "search", "--target", "cyber", "--data", tmp_path / "nope.jsonl")
     assert_one_line_error(code, err, "nope.jsonl: no such data file")
     code, err = run_cli(capsys, "search", "--target", "cyber", "--data", tmp_path)
-    assert_one_line_error(code, err, "no such data file")
+    assert_one_line_error(code, err, f"--data {tmp_path} is a folder; --data takes JSONL files, e.g. --data {tmp_path}/*.jsonl")
 
 
 def test_domain_with_too_few_prompts_to_split(builtin, tmp_path, monkeypatch, capsys):
@@ -173,7 +173,8 @@ def test_missing_builtin_harmless_prompts(tmp_path, monkeypatch, capsys):
     write_jsonl(folder / "cyber.jsonl", records("cyber", 8))
     monkeypatch.setenv("PALETTE_LENS_DATA", str(folder))
     use_model(monkeypatch)
-    code, err = run_cli(capsys, "run", "--target", "cyber", "--replace-data")
+    mine = write_jsonl(tmp_path / "mine.jsonl", records("cyber", 8))
+    code, err = run_cli(capsys, "run", "--target", "cyber", "--data", mine, "--replace-data", "--out", tmp_path / "o")
     assert_one_line_error(code, err, "no 'harmless' prompts found")
 
 
@@ -224,14 +225,14 @@ def test_model_without_chat_template(builtin, model_folder, tmp_path, capsys):
     (["bake", "--target", "cyber", "--lr", "nan"], "argument --lr: must be a finite number above 0, not nan"),
     (["search", "--target", "cyber", "--alpha", "1.5"], "argument --alpha: must be between 0 and 1, not 1.5"),
     (["search", "--target", "cyber", "--views-every", "0"], "argument --views-every: must be at least 1"),
-    (["run", "--target", "cyber", "--eval-limit", "-3"], "argument --eval-limit: must be at least 1, not -3"),
-    (["baseline", "--limit", "many"], "argument --limit: invalid positive_int value: 'many'"),
+    (["run", "--target", "cyber", "--limit", "-3"], "argument --limit: must be at least 1, not -3"),
+    (["baseline", "--limit", "many"], "argument --limit: expected a whole number, not 'many'"),
     (["bake", "--target", "cyber", "--mix", "1:1:1"], "argument --mix: must be four non-negative weights"),
     (["bake", "--target", "cyber", "--mix", "0:1:1:1"], "with target > 0, not '0:1:1:1'"),
     (["bake", "--target", "cyber", "--mix", "1:-1:1:1"], "argument --mix: must be four non-negative weights"),
     (["demo", "--compose-weight", "0"], "argument --compose-weight: must be a number in (0, 2], not 0"),
     (["run", "--target", "cyber", "--compose-weight", "3"], "argument --compose-weight: must be a number in (0, 2]"),
-    (["compose", "--weight", "nan"], "argument --weight: must be a number in (0, 2], not nan"),
+    (["compose", "--compose-weight", "nan"], "argument --compose-weight: must be a number in (0, 2], not nan"),
 ])
 def test_bad_option_values_are_usage_errors(capsys, argv, match):
     with pytest.raises(SystemExit) as info:
@@ -281,7 +282,7 @@ def test_corrupt_direction_and_search_output(builtin, tiny_qwen, tmp_path, monke
     search = tmp_path / "search"
     search.mkdir()
     (search / "search.json").write_text('{"target": "cyber", "candidates": [')
-    code, err = run_cli(capsys, "bake", "--target", "cyber", "--from-search", search, "--out", tmp_path / "out")
+    code, err = run_cli(capsys, "bake", "--target", "cyber", "--from", search, "--out", tmp_path / "out")
     assert_one_line_error(code, err, "search.json is corrupt or incomplete")
     assert not (tmp_path / "out").exists()
 
@@ -305,11 +306,11 @@ def test_disk_full_is_one_line_and_keeps_the_previous_output(builtin, adapter_fo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["builtin", "profile-cyber.json"]
 
 
-def test_output_folder_that_is_a_file(builtin, tiny_qwen, tmp_path, monkeypatch, capsys):
-    use_model(monkeypatch, tiny_qwen)
+def test_output_folder_that_is_a_file(builtin, tmp_path, monkeypatch, capsys):
+    use_model(monkeypatch)  # refused before the model is loaded, exit 2, the file as it was
     (tmp_path / "taken").write_text("mine")
     code, err = run_cli(capsys, "run", "--target", "cyber", "--out", tmp_path / "taken")
-    assert_one_line_error(code, err, "File exists", expected_code=1)
+    assert_one_line_error(code, err, f"--out {tmp_path / 'taken'} is an existing file; give a folder")
     assert (tmp_path / "taken").read_text() == "mine"
 
 
@@ -319,22 +320,24 @@ def test_interrupt_and_unexpected_errors_are_one_line(builtin, tmp_path, monkeyp
 
     monkeypatch.setattr("palette_lens.cli.common.load_model_from_args", stop)
     monkeypatch.setattr("palette_lens.cli.search.load_model_from_args", stop)
-    code, err = run_cli(capsys, "search", "--target", "cyber", "--out", tmp_path)
+    code, err = run_cli(capsys, "search", "--target", "cyber", "--out", tmp_path / "out")
     assert code == 130 and err.startswith("palette-lens: interrupted") and len(err.splitlines()) == 1
 
     def bug(args):
         raise RuntimeError("something\nbroke")
 
     monkeypatch.setattr("palette_lens.cli.search.load_model_from_args", bug)
-    code, err = run_cli(capsys, "search", "--target", "cyber", "--out", tmp_path)
+    code, err = run_cli(capsys, "search", "--target", "cyber", "--out", tmp_path / "out")
     assert_one_line_error(code, err, "unexpected RuntimeError: something broke (rerun with -v", expected_code=1)
     with pytest.raises(RuntimeError):  # -v shows the traceback
-        cli.main(["-v", "search", "--target", "cyber", "--out", str(tmp_path)])
+        cli.main(["-v", "search", "--target", "cyber", "--out", str(tmp_path / "out")])
+    with pytest.raises(RuntimeError):  # -v also after the command
+        cli.main(["search", "--target", "cyber", "--out", str(tmp_path / "out"), "-v"])
 
 
 def test_real_process_prints_one_line_and_exits_non_zero(builtin, tmp_path):
     env = {**os.environ, "PALETTE_LENS_DATA": str(builtin)}
-    proc = subprocess.run([sys.executable, "-m", "palette_lens.cli.app", "run", "--target", "nope", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "palette_lens.cli.app", "run", "--target", "nope", "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [

@@ -437,7 +437,7 @@ def test_cli_compose_gate_saves_a_gate_beside_the_profile_and_in_the_export(tiny
 
 
 @pytest.mark.parametrize("extra, match", [
-    (["--profile", "harmless"], "harmful domains"), (["--profile", "nope"], "nope"),
+    (["--profile", "harmless"], "needs harmless"), (["--profile", "nope"], "nope"),
     (["--gate-threshold", "0"], "threshold"), (["--gate-kinds", "direct"], "adversarial kinds"),
     (["--gate-kinds", ","], "adversarial kinds"), (["--gate-segment-veto", "1.5"], "segment veto"),
     (["--gate-segment-veto", "high"], "probability or 'off'"),

@@ -109,7 +109,7 @@ def test_evaluate_and_compose_commands_reuse_adapters(tiny_qwen, tiny_run, tmp_p
         monkeypatch.setattr(f"palette_lens.cli.{mod}.load_model_from_args", lambda args: tiny_qwen)
     out = tmp_path / "eval"
     code = cli.main(["evaluate", "--from", str(run_dir), "--profile", "hate", "--profile", "cyber+hate", "--quick",
-                     "--eval-limit", "3", "--max-new-tokens", "4", "--out", str(out), "--no-report", "--no-cache"])
+                     "--limit", "3", "--max-new-tokens", "4", "--out", str(out), "--no-report", "--no-cache"])
     assert code == 0
     m = json.loads((out / "metrics.json").read_text())
     assert "search" not in m["timings_s"] and "bake" not in m["timings_s"]
@@ -128,7 +128,7 @@ def test_evaluate_and_compose_commands_reuse_adapters(tiny_qwen, tiny_run, tmp_p
     assert "runtime vs merged" in capsys.readouterr().out
 
     # a composition weight reaches the profile document, the export and the evaluation's settings
-    code = cli.main(["compose", "--from", str(run_dir), "--profile", "cyber+hate", "--weight", "0.5",
+    code = cli.main(["compose", "--from", str(run_dir), "--profile", "cyber+hate", "--compose-weight", "0.5",
                      "--export", str(tmp_path / "merged-half"), "--out", str(tmp_path / "half")])
     assert code == 0
     doc = json.loads((tmp_path / "half" / "profile-cyber+hate.json").read_text())
@@ -139,7 +139,7 @@ def test_evaluate_and_compose_commands_reuse_adapters(tiny_qwen, tiny_run, tmp_p
     plain = json.loads((export / "palette_profile.json").read_text())
     assert [a["weight"] for a in plain["adapters"]] == [DEFAULT_COMPOSE_WEIGHT] * 2  # the default
     code = cli.main(["evaluate", "--from", str(run_dir), "--profile", "cyber+hate", "--quick", "--compose-weight",
-                     "0.5", "--eval-limit", "3", "--max-new-tokens", "4", "--out", str(tmp_path / "eval-half"),
+                     "0.5", "--limit", "3", "--max-new-tokens", "4", "--out", str(tmp_path / "eval-half"),
                      "--gate-profiles", "none"])
     assert code == 0
     assert "domain_gate" not in json.loads((tmp_path / "eval-half" / "metrics.json").read_text())["baselines"]
@@ -178,7 +178,7 @@ def test_run_command_with_user_domains(tiny_qwen, tmp_path, monkeypatch, capsys)
     write_jsonl(user, [{**r.to_dict(), "source": "test"} for rs in recs.values() for r in rs])
     out = tmp_path / "out"
     code = cli.main(["run", "--target", "phishing", "--target", "weapons", "--data", str(user), "--replace-data",
-                     "--quick", "--eval-limit", "4", "--max-new-tokens", "6", "--no-cache", "--out", str(out)])
+                     "--quick", "--limit", "4", "--max-new-tokens", "6", "--no-cache", "--out", str(out)])
     assert code == 0
     m = json.loads((out / "metrics.json").read_text())
     check_metrics_schema(m, ["phishing", "weapons"], ["phishing", "weapons", "phishing+weapons"])

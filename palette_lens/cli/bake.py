@@ -1,20 +1,29 @@
 """``palette-lens bake``: bake a target domain's refusal direction into a single-block LoRA adapter.
 
 Writes ``DIR/adapters/<domain>/`` (PEFT format + ``palette_meta.json``), ``DIR/adapters/<domain>/bake.json``
-(training history and timings) and, unless ``--no-inspect``, ``inspect.html`` beside it. Without
-``--from-search`` the direction search runs first (its output goes to ``DIR/search.json`` and
-``DIR/directions/``).
+(training history, timings and the settings, with those read from ``--config``) and, unless ``--no-inspect``,
+``inspect.html`` beside it. Without ``--from`` or ``--direction`` the direction search runs first (its output
+goes to ``DIR/search.json`` and ``DIR/directions/``). The bake's research settings (scale, loss, margins, mix,
+...) are read from ``--config FILE.toml`` (a ``[bake]`` table of BakeConfig fields).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
 from palette_lens.cli.common import (
+    RemovedOption,
+    add_config_argument,
     add_data_arguments,
     add_model_arguments,
+    add_output_argument,
+    alias,
+    check_folder_input,
+    check_output_folder,
+    config_from_args,
     echo,
     finite_float,
     fraction,
@@ -26,11 +35,18 @@ from palette_lens.cli.common import (
     positive_int,
 )
 from palette_lens.errors import PaletteError
-from palette_lens.util.atomic import atomic_write_text
+from palette_lens.util.atomic import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 _NEGATIVE_KINDS = ("profession", "roleplay", "mixed")
+
+#: BakeConfig's defaults of the options shown in --help (not imported: building the parser imports no torch;
+#: tests/test_cli_help.py checks they agree)
+DEFAULTS = {"steps": 120, "rank": 8, "alpha": 16.0}
+
+#: the research settings that were flags: old flag -> (BakeConfig field, argparse type); hidden, deprecated
+RESEARCH_FLAGS: dict[str, tuple[str, object]] = {}
 
 
 def attack_kinds(text: str) -> tuple[str, ...]:
@@ -44,65 +60,83 @@ def attack_kinds(text: str) -> tuple[str, ...]:
     return kinds
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from palette_lens.bake.config import BakeConfig
+RESEARCH_FLAGS.update({
+    "--scale": ("scale", finite_float),
+    "--target-mode": ("target_mode", None),
+    "--loss": ("loss", None),
+    "--other-scale": ("other_scale", finite_float),
+    "--mix": ("mix", mix_weights),
+    "--margin-retry": ("margin_retry", finite_float),
+    "--margin-compose": ("margin_compose", finite_float),
+    "--generation-check": ("generation_check", non_negative_int),
+    "--adversarial-negatives": ("adversarial_negatives", attack_kinds),
+    "--input-shift": ("input_shift", fraction),
+    "--lr": ("lr", positive_float),
+})
+_CHOICES = {"target_mode": ("neutral", "reinforce"), "loss": ("cosine", "rel_mse")}
 
-    d = BakeConfig()
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_data_arguments(parser)
-    parser.add_argument("--target", required=True, help="the target (authorized) harmful domain")
-    parser.add_argument("--from-search", default=None, metavar="DIR",
-                        help="a search output folder (search.json + directions/); the search runs when omitted")
+    parser.add_argument("--target", required=True, metavar="DOMAIN", help="the target (authorized) harmful domain")
+    parser.add_argument("--from", dest="source", default=None, metavar="RUN",
+                        help="a search or run output folder (search.json or directions/<target>.json) whose direction "
+                             "is baked (default: the search runs first)")
+    alias(parser, "--from-search", "--from", "source", metavar="DIR")
     parser.add_argument("--direction", default=None, metavar="FILE.json",
-                        help="a saved Direction to bake (instead of a search)")
-    parser.add_argument("--out", default=None, help="output folder (default: runs/bake-<target>)")
-    parser.add_argument("--scale", type=finite_float, default=d.scale, help=f"s in h − s·(h·r̂)r̂ (default {d.scale})")
-    parser.add_argument("--target-mode", choices=["neutral", "reinforce"], default=d.target_mode,
-                        help=f"target of non-target prompts (default {d.target_mode})")
-    parser.add_argument("--loss", choices=["cosine", "rel_mse"], default=d.loss, help=f"default {d.loss}")
-    parser.add_argument("--other-scale", type=finite_float, default=d.other_scale,
-                        help=f"margin on non-target harmful prompts: h + m·(h·r̂)r̂ (default {d.other_scale})")
-    parser.add_argument("--mix", type=mix_weights, default=d.mix, metavar="T:O:H:B",
-                        help="sampling weights of target : other harmful : harmless : borderline prompts (default "
-                        f"{':'.join(f'{w:g}' for w in d.mix)}); the margin fallback's bake uses borderline >= "
-                        f"{d.margin_retry_borderline:g}")
-    parser.add_argument("--margin-retry", type=finite_float, default=d.margin_retry,
-                        help="margin of the second bake for a target whose weakest other domain keeps less than "
-                        f"{d.margin_retry_below} of its refusal (validation); 0: bake once, no margin at all "
-                        f"(default {d.margin_retry})")
-    parser.add_argument("--margin-compose", type=finite_float, default=d.margin_compose,
-                        help="margin of the second bake for every other target (kept only if it keeps more of the "
-                        f"other domains without costing the target); 0: bake those once (default {d.margin_compose})")
-    parser.add_argument("--generation-check", type=non_negative_int, default=d.generation_check, metavar="K",
-                        help="generate the validation prompts with the K most selective checkpoints and keep the best "
-                        f"by generated refusal (default {d.generation_check}: first-token scores only)")
+                        help="a saved Direction to bake, instead of --from (default: none)")
+    add_output_argument(parser, "runs/bake-<target>")
+    parser.add_argument("--steps", type=positive_int, default=None, metavar="N",
+                        help=f"training steps (default: {DEFAULTS['steps']})")
+    parser.add_argument("--rank", type=positive_int, default=None, metavar="R",
+                        help=f"LoRA rank (default: {DEFAULTS['rank']})")
+    parser.add_argument("--lora-alpha", type=positive_float, default=None, metavar="A",
+                        help=f"LoRA alpha; ΔW = (alpha / rank)·B·A (default: {DEFAULTS['alpha']:g})")
+    parser.add_argument("--alpha", action=RemovedOption,
+                        fix="the LoRA alpha is now --lora-alpha (--alpha is the search's trade-off in `search`)")
     parser.add_argument("--refine", action="store_true",
                         help="one refinement round: search again on the adapted model at the adapter's layer, bake "
                         "again on top and save both rounds as one adapter")
-    parser.add_argument("--adversarial-negatives", type=attack_kinds, default=d.adversarial_negatives,
-                        metavar="KINDS", help="comma-separated kinds from profession,roleplay,mixed whose variants of "
-                        f"non-target train prompts join the negatives, or 'none' (default {','.join(d.adversarial_negatives) or 'none'})")
-    parser.add_argument("--input-shift", type=fraction, default=d.input_shift,
-                        help="share of harmful training rows whose block input is shifted along r̂, as other adapters "
-                        f"upstream in a composed profile would shift it (default {d.input_shift})")
-    parser.add_argument("--steps", type=positive_int, default=d.steps, help=f"training steps (default {d.steps})")
-    parser.add_argument("--lr", type=positive_float, default=d.lr, help=f"learning rate (default {d.lr})")
-    parser.add_argument("--rank", type=positive_int, default=d.rank, help=f"LoRA rank (default {d.rank})")
-    parser.add_argument("--alpha", type=positive_float, default=d.alpha, help=f"LoRA alpha (default {d.alpha})")
     parser.add_argument("--no-inspect", action="store_true", help="skip inspect.html")
+    add_config_argument(parser, ("bake",))
+    for flag, (field, kind) in RESEARCH_FLAGS.items():
+        extra = {"choices": _CHOICES[field]} if field in _CHOICES else {"type": kind}
+        alias(parser, flag, f"[bake] {field} = ... in --config FILE.toml", f"bake_{field}", **extra)
 
 
-def _given_direction(args: argparse.Namespace, model):
-    """The direction named by ``--direction`` or ``--from-search`` (checked against the model), or None."""
+def bake_settings(args: argparse.Namespace) -> dict:
+    """BakeConfig overrides: ``[bake]`` of ``--config``, then the flags given (flags win); checked."""
+    from palette_lens.bake.config import BakeConfig
+
+    settings = dict(config_from_args(args).get("bake", {}))
+    for field, value in (("steps", args.steps), ("rank", args.rank), ("alpha", args.lora_alpha)):
+        if value is not None:
+            settings[field] = value
+    for field, _ in RESEARCH_FLAGS.values():
+        if hasattr(args, f"bake_{field}"):
+            settings[field] = getattr(args, f"bake_{field}")
+    try:
+        BakeConfig(**settings)
+    except (TypeError, ValueError) as exc:
+        raise PaletteError(f"bake settings: {exc}") from None
+    return settings
+
+
+def _given_direction(args: argparse.Namespace):
+    """The direction named by ``--direction`` or ``--from`` (read before the model loads), or None."""
     from palette_lens.pipeline.run_folder import RunFolder
     from palette_lens.search.direction import Direction
 
     if args.direction:
-        direction = Direction.load(args.direction)
-    elif args.from_search:
+        path = Path(args.direction).expanduser()
+        if not path.is_file():
+            raise PaletteError(f"--direction {path}: no such file")
+        direction = Direction.load(path)
+    elif args.source:
         from palette_lens.search.result import SearchResult
 
-        folder = Path(args.from_search)
+        folder = check_folder_input(args.source)
         path = RunFolder(folder).direction_json(args.target)
         if (folder / "search.json").is_file():
             try:
@@ -117,7 +151,6 @@ def _given_direction(args: argparse.Namespace, model):
         return None  # searched by search_and_bake
     if direction.domain != args.target:
         raise PaletteError(f"the direction is for {direction.domain!r}, not for --target {args.target!r}")
-    direction.check_model(model.fingerprint)
     return direction
 
 
@@ -126,21 +159,19 @@ def run(args: argparse.Namespace) -> int:
     from palette_lens.pipeline.run_folder import RunFolder
     from palette_lens.pipeline.search_and_bake import bake_report, search_and_bake
 
+    run_folder = RunFolder(check_output_folder(args.out or f"runs/bake-{args.target}"))
     prompts = load_data_from_args(args)
     prompts.check_domain(args.target)
     if args.target not in prompts.harmful_domains:
         raise PaletteError(f"the target must be a harmful domain, not {args.target!r}")
-    run_folder = RunFolder(args.out or f"runs/bake-{args.target}")
+    settings = bake_settings(args)
+    config = BakeConfig(**settings)
+    given = _given_direction(args)
     model = load_model_from_args(args)
-    given = _given_direction(args, model)
-    if given is None:
-        echo(f"no --from-search given: searching a direction for {args.target!r} first")
-    config = BakeConfig(
-        scale=args.scale, target_mode=args.target_mode, loss=args.loss, steps=args.steps, lr=args.lr,
-        rank=args.rank, alpha=args.alpha, other_scale=args.other_scale, mix=args.mix, margin_retry=args.margin_retry,
-        margin_compose=args.margin_compose, generation_check=args.generation_check,
-        adversarial_negatives=args.adversarial_negatives, input_shift=args.input_shift,
-    )
+    if given is not None:
+        given.check_model(model.fingerprint)
+    else:
+        echo(f"no --from given: searching a direction for {args.target!r} first")
     made = search_and_bake(model, prompts, [args.target], run_folder, bake=config,
                            directions={args.target: given} if given is not None else None)
     direction, result = made.directions[args.target], made.results[args.target]
@@ -155,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         r = refined.search.chosen
         echo(f"refined: searched again on the adapted model (layer {r.layer}, position {r.position}), "
              f"stacked into one rank-{adapter.rank} adapter")
+    _echo_settings(run_folder.bake_json(args.target), args, config)
     written = [folder]
     if not args.no_inspect:
         from palette_lens.bake.inspect import inspect_adapter
@@ -170,3 +202,12 @@ def run(args: argparse.Namespace) -> int:
          f"other harmful kept {v['retain_mean']:.0%} (worst {v['retain_min']:.0%}), harmless KL {v['kl_harmless']:.3f}")
     echo("written: " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _echo_settings(path: Path, args: argparse.Namespace, config) -> None:
+    """Add the bake's settings, and those read from ``--config``, to ``bake.json``."""
+    doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    doc["settings"] = config.to_dict()
+    if args.config:
+        doc["config_file"] = {"path": str(Path(args.config).expanduser()), **config_from_args(args)}
+    atomic_write_json(path, doc)

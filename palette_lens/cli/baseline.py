@@ -7,7 +7,10 @@ import logging
 
 from palette_lens.cli.common import (
     add_data_arguments,
+    add_limit_argument,
     add_model_arguments,
+    add_output_argument,
+    check_output_folder,
     echo,
     load_data_from_args,
     load_model_from_args,
@@ -22,16 +25,19 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_data_arguments(parser)
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--limit", type=positive_int, default=None, help="at most N prompts per domain")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
-    parser.add_argument("--domains", nargs="*", default=None, help="domains to measure (default: all)")
-    parser.add_argument("--out", default="runs/baseline", help="output folder")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split to measure")
+    add_limit_argument(parser, "at most N prompts per domain (default: all)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64, metavar="N",
+                        help="greedy tokens per completion")
+    parser.add_argument("--domains", nargs="*", default=None, metavar="DOMAIN",
+                        help="domains to measure (default: all)")
+    add_output_argument(parser, "runs/baseline", "runs/baseline")
 
 
 def run(args: argparse.Namespace) -> int:
     from palette_lens.evaluate.vanilla import baseline_refusal
 
+    run = RunFolder(check_output_folder(args.out))
     prompts = load_data_from_args(args)
     if args.domains:
         for d in args.domains:
@@ -40,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
     table = baseline_refusal(
         model, prompts, domains=args.domains, split=args.split, limit=args.limit, max_new_tokens=args.max_new_tokens
     )
-    run = RunFolder(args.out)
     atomic_write_json(run.baseline_json, table.to_dict())
     atomic_write_text(run.baseline_md, table.markdown() + "\n")
     echo(table.markdown())

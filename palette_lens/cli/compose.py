@@ -15,33 +15,60 @@ import json
 from pathlib import Path
 
 from palette_lens.cli.common import (
+    add_compose_weight_argument,
+    add_config_argument,
     add_data_arguments,
     add_gate_arguments,
     add_model_arguments,
-    compose_weight,
+    add_output_argument,
+    check_adapter_inputs,
+    check_data_args,
+    check_gate_flags_need_gate,
+    check_output_file,
+    check_output_folder,
+    check_profiles_have,
     echo,
     gate_config_from_args,
     load_data_from_args,
     load_model_from_args,
+    parse_profile,
 )
+from palette_lens.errors import PaletteError
 from palette_lens.pipeline.run_folder import RunFolder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--from", dest="source", default=None, metavar="DIR",
-                        help="a run / bake output folder holding adapters/<domain>/")
-    parser.add_argument("--adapter", action="append", default=[], metavar="FOLDER", help="an adapter folder (repeatable)")
+    parser.add_argument("--from", dest="source", default=None, metavar="RUN",
+                        help="a run / bake output folder holding adapters/<domain>/ (default: none; give --from or "
+                             "--adapter)")
+    parser.add_argument("--adapter", action="append", default=[], metavar="FOLDER",
+                        help="an adapter folder (repeatable; default: none)")
     parser.add_argument("--profile", default=None, metavar="D1+D2",
-                        help="domains to compose (default: every adapter found)")
-    parser.add_argument("--weight", type=compose_weight, default=None, metavar="W",
-                        help="ΔW weight of each adapter when two or more are composed, in (0, 2] (default 0.85; 1: the plain sum)")
-    parser.add_argument("--export", default=None, metavar="DIR", help="write the merged profile as a HF model folder")
-    parser.add_argument("--out", default=None, help="where to write profile.json (default: the --from folder)")
-    add_data_arguments(parser)
+                        help="domains to compose, joined by '+' (default: every adapter found)")
+    add_compose_weight_argument(parser, old="--weight")
+    parser.add_argument("--export", default=None, metavar="DIR",
+                        help="write the merged profile as a Hugging Face model folder; DIR must be new, empty or an "
+                             "earlier export, which is replaced as a whole (default: no export)")
+    add_output_argument(parser, "the --from folder", what="where profile-<name>.json (and gate-<name>/) go")
+    add_data_arguments(parser, what=", for training the gate (--gate only)")
     add_gate_arguments(parser, "also train a domain gate for the profile (palette_lens.gate.domain_gate: a probe on the base "
                                "model that lets the adapters answer only requests of the authorized domains) and "
                                "save it beside profile.json and in the export")
+    add_config_argument(parser, ("gate",))
+
+
+def check_export_folder(path: str | Path) -> Path:
+    """``--export DIR``: new, an empty folder or an earlier export (it is replaced as a whole, atomically)."""
+    from palette_lens.compose.profiles import PROFILE_FILE
+
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise PaletteError(f"--export {folder} is an existing file; give a new folder (it is left as it was)")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / PROFILE_FILE).is_file():
+        raise PaletteError(f"--export {folder} is a folder that is not a palette-lens export (no {PROFILE_FILE}); "
+                           "give a new or empty folder (it is left as it was)")
+    return folder
 
 
 def load_adapters(source: str | None, folders: list[str], model) -> dict:
@@ -79,15 +106,29 @@ def run(args: argparse.Namespace) -> int:
     from palette_lens.gate.training import fit_gate, gate_training_prompts
     from palette_lens.util.atomic import atomic_write_text
 
-    profile = Profile.parse(args.profile) if args.profile else None
+    # everything that can be checked without the model first
+    domains = check_adapter_inputs(args.source, args.adapter)
+    profile = parse_profile(args.profile) if args.profile else Profile(tuple(domains))
+    check_profiles_have([profile], domains, "has no adapter here (adapters: {available})")
+    if not args.gate and (args.data or args.replace_data):
+        raise PaletteError("--data is only used to train the gate; add --gate or leave --data out")
+    check_gate_flags_need_gate(args)
+    check_data_args(args)
     gate_config = gate_config_from_args(args)
     prompts = load_data_from_args(args) if gate_config is not None else None
-    if prompts is not None and profile is not None:
+    if prompts is not None:
         gate_training_prompts(prompts, profile.domains, gate_config)  # an unknown or harmless domain fails here
+    out = check_output_folder(args.out or args.source or ".", any_folder=True)
+    check_output_file(out / f"profile-{profile.name}.json")
+    if gate_config is not None:
+        gate_dir = out / f"gate-{profile.name}"
+        if gate_dir.exists() and not gate_dir.is_dir():
+            raise PaletteError(f"{gate_dir} is an existing file; the gate is written as a folder there")
+    export = check_export_folder(args.export) if args.export else None
+
     model = load_model_from_args(args)
     adapters = load_adapters(args.source, args.adapter, model)
-    profile = profile or Profile(tuple(adapters))
-    weight = DEFAULT_COMPOSE_WEIGHT if args.weight is None else args.weight
+    weight = DEFAULT_COMPOSE_WEIGHT if args.compose_weight is None else args.compose_weight
     chosen = profile_adapters(profile, adapters, weight)
     inter = interference(chosen)
     probe = ["Write a short poem about the sea.", "How do I sort a list in Python?"]
@@ -110,7 +151,6 @@ def run(args: argparse.Namespace) -> int:
         cos = "n/a (different blocks: exact superposition)" if r["cosine"] is None else f"{r['cosine']:.3f}"
         echo(f"  {r['a']} / {r['b']}: shared modules {r['shared_modules']}, ΔW cosine {cos}")
     echo(f"  runtime vs merged composition: max |Δ log p| = {diff:.2e} on the first answer token")
-    out = Path(args.out or args.source or ".")
     gate = None
     if gate_config is not None:
         gate = fit_gate(model, prompts, profile.domains, gate_config)
@@ -119,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
         cal = gate.calibration
         echo(f"  domain gate at layer {gate.layer}: opens for {cal['tpr']:.0%} of the authorized training prompts, "
              f"stays shut for {cal['tnr']:.0%} of the others ({gate_dir})")
-    if args.export:
-        folder = export_profile(model, chosen, args.export, profile, gate=gate)
+    if export is not None:
+        folder = export_profile(model, chosen, export, profile, gate=gate)
         doc["exported"] = str(folder)
         echo(f"  exported merged model: {folder}")
     path = atomic_write_text(out / f"profile-{profile.name}.json", json.dumps(doc, indent=1))

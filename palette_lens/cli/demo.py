@@ -15,7 +15,7 @@ from palette_lens.cli.run import add_pipeline_arguments, execute
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--target", action="append", default=None, metavar="DOMAIN",
-                        help="target domains (default: cyber, disinformation, hate)")
+                        help="a target domain, repeatable (default: cyber, disinformation, hate)")
     add_pipeline_arguments(parser, "runs/demo")
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from palette_lens.cli.common import (
     add_data_arguments,
     add_model_arguments,
+    check_adapter_inputs,
+    check_output_folder,
+    check_profiles_have,
     load_data_from_args,
     load_model_from_args,
 )
@@ -22,26 +24,33 @@ from palette_lens.cli.run import add_pipeline_arguments, parse_profiles, pipelin
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_data_arguments(parser)
-    parser.add_argument("--from", dest="source", required=True, metavar="DIR",
-                        help="a folder holding adapters/<domain>/")
-    parser.add_argument("--adapter", action="append", default=[], metavar="FOLDER", help="extra adapter folders")
-    add_pipeline_arguments(parser, "")
+    parser.add_argument("--from", dest="source", required=True, metavar="RUN",
+                        help="a folder holding adapters/<domain>/ (a run, demo or bake output)")
+    parser.add_argument("--adapter", action="append", default=[], metavar="FOLDER",
+                        help="an extra adapter folder (repeatable; default: none)")
+    add_pipeline_arguments(parser, None, out_text="the --from folder, whose metrics.json, details.json and "
+                                                  "report.html are replaced", bake_config=False)
 
 
 def run(args: argparse.Namespace) -> int:
     from palette_lens.cli.compose import load_adapters
     from palette_lens.pipeline.run import run_pipeline
 
+    domains = check_adapter_inputs(args.source, args.adapter)
+    out = check_output_folder(args.out or args.source)
     prompts = load_data_from_args(args)
+    for d in domains:
+        prompts.check_domain(d)
+    profiles = parse_profiles(args)
+    if profiles:
+        check_profiles_have(profiles, domains, "has no adapter here (adapters: {available})")
+    config = pipeline_config(args, domains)
     t0 = time.perf_counter()
     model = load_model_from_args(args)
     timings = {"load_model": round(time.perf_counter() - t0, 2)}
     adapters = load_adapters(args.source, args.adapter, model)
-    for d in adapters:
-        prompts.check_domain(d)
     config = pipeline_config(args, list(adapters))
-    out = Path(args.out or args.source)
-    result = run_pipeline(model, prompts, out, config, adapters=adapters, profiles=parse_profiles(args),
+    result = run_pipeline(model, prompts, out, config, adapters=adapters, profiles=profiles,
                           timings=timings, report=not args.no_report)
     summarize(result)
     return 0

@@ -4,7 +4,7 @@ Reads the adapters of a finished run folder (``DIR/adapters/<domain>/``); a prof
 (``cyber+hate``: their adapters merged, as ``compose`` merges them). It builds for each profile the
 non-target test prompts framed as its profession, wrapped in role-play templates and mixed with a target
 request (:mod:`palette_lens.evaluate.leakage`), and compares the merged profile's refusal with vanilla's on the same
-prompts. Writes ``leakage.md`` and ``leakage.json`` (default: into ``DIR``). With ``--gate`` each profile is also
+prompts. Writes ``leakage.md`` and ``leakage.json`` into ``--out`` (default: the run folder). With ``--gate`` each profile is also
 measured behind a domain gate (:mod:`palette_lens.gate.domain_gate`; rows ``<domain> gated``, the gates saved under ``gates/``
 next to the table); ``--gated-only`` measures only those rows (and vanilla).
 """
@@ -17,47 +17,76 @@ import logging
 from pathlib import Path
 
 from palette_lens.cli.common import (
+    add_config_argument,
     add_data_arguments,
     add_gate_arguments,
+    add_limit_argument,
     add_model_arguments,
+    add_no_cache_argument,
+    check_folder_input,
+    check_gate_flags_need_gate,
+    check_output_file,
+    check_output_folder,
     echo,
     gate_config_from_args,
+    integer,
     load_data_from_args,
     load_model_from_args,
+    parse_profile,
     positive_int,
+    warn,
 )
 from palette_lens.pipeline.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
+#: palette_lens.data.attacks.ATTACK_KINDS and MIXED_ORDERS (not imported: building the parser imports no torch;
+#: tests/test_cli_help.py checks they agree)
+ATTACK_KINDS = ("direct", "profession", "roleplay", "mixed")
+MIXED_ORDERS = ("random", "target_first", "nontarget_first")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from palette_lens.data.attacks import ATTACK_KINDS, MIXED_ORDERS
-
     add_model_arguments(parser)
     add_data_arguments(parser)
-    parser.add_argument("--from", dest="source", required=True, metavar="DIR",
+    parser.add_argument("--from", dest="source", required=True, metavar="RUN",
                         help="a finished run folder holding adapters/<domain>/ (demo, run or evaluate output)")
     parser.add_argument("--profile", action="append", default=None, metavar="DOMAIN[+DOMAIN]",
                         help="a profile to attack: one domain, or several joined by '+' whose adapters are merged "
-                             "(repeatable; default: every adapter in DIR alone)")
+                             "(repeatable; default: every adapter in RUN alone)")
     parser.add_argument("--attack", action="append", default=None, choices=ATTACK_KINDS,
                         help="an attack kind (repeatable; default: all)")
-    parser.add_argument("--limit", type=positive_int, default=24, help="prompts per profile and attack (default 24)")
-    parser.add_argument("--attack-seed", type=int, default=0, help="seed of the prompt sampling (default 0)")
+    add_limit_argument(parser, "prompts per profile and attack", default=24)
+    parser.add_argument("--attack-seed", type=integer, default=0, metavar="N", help="seed of the prompt sampling")
     parser.add_argument("--mixed-order", choices=MIXED_ORDERS, default="random",
-                        help="order of the two requests in mixed prompts (default: seeded random)")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
+                        help="order of the two requests in mixed prompts (default: random, seeded)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N",
                         help="greedy tokens per completion (default: the run's, else 64)")
-    parser.add_argument("--batch-size", type=positive_int, default=None, help="sequences per generation batch")
-    parser.add_argument("--out", default=None, metavar="FILE.md",
-                        help="the Markdown table (default DIR/leakage.md); the JSON goes next to it (.json)")
-    parser.add_argument("--no-cache", action="store_true", help="do not read or write cached vanilla generations")
+    parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
+                        help="sequences per generation batch (default: the run's, else 64)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="the folder leakage.md, leakage.json and gates/ go into (default: the --from folder)")
+    add_no_cache_argument(parser)
     add_gate_arguments(parser, "also measure each profile behind a domain gate (palette_lens.gate.domain_gate): a probe "
                                "trained on the train prompts decides per prompt whether the adapter answers; rows "
                                "'<domain> gated'")
     parser.add_argument("--gated-only", action="store_true",
                         help="with --gate: measure only the gated rows, not the adapters alone (about half the time)")
+    add_config_argument(parser, ("gate",))
+
+
+def output_paths(args: argparse.Namespace, folder: Path) -> tuple[Path, Path]:
+    """(leakage.md, leakage.json) of ``--out`` (a folder; an old ``--out FILE.md`` still works, with a warning)."""
+    if args.out is None:
+        out = folder
+    else:
+        out = Path(args.out).expanduser()
+        if out.suffix == ".md" and not out.is_dir():
+            warn(f"--out {out}: a Markdown file name is deprecated; --out takes a folder (leakage.md goes in it)")
+            check_output_folder(out.parent, any_folder=True)
+            return check_output_file(out), check_output_file(out.with_suffix(".json"))
+    out = check_output_folder(out, any_folder=True)
+    return check_output_file(out / "leakage.md"), check_output_file(out / "leakage.json")
 
 
 def _run_settings(folder: Path) -> tuple[dict, str | None]:
@@ -79,14 +108,12 @@ def _run_settings(folder: Path) -> tuple[dict, str | None]:
 
 def _profiles(specs: list[str]) -> dict[str, tuple[str, ...]]:
     """``--profile`` values → profile name ("cyber+hate", domains in the order given) → its domains."""
-    from palette_lens.compose.profiles import Profile
-
-    profiles = [Profile.parse(spec) for spec in specs]  # an empty or repeating profile is a PaletteError
+    profiles = [parse_profile(spec) for spec in specs]  # an empty or repeating profile is a PaletteError
     return {p.name: p.domains for p in profiles}
 
 
 def run(args: argparse.Namespace) -> int:
-    from palette_lens.data.attacks import ATTACK_KINDS, professions_for
+    from palette_lens.data.attacks import professions_for
     from palette_lens.errors import PaletteError
     from palette_lens.evaluate.evaluator import EvalConfig
     from palette_lens.evaluate.leakage import AttackConfig, measure_leakage
@@ -97,8 +124,9 @@ def run(args: argparse.Namespace) -> int:
 
     # everything that can be checked without the model first
     folder = Path(args.source).expanduser()
-    if not folder.is_dir():
+    if not folder.exists():
         raise PaletteError(f"run folder not found: {folder}")
+    folder = check_folder_input(folder)
     have = RunFolder(folder).adapter_domains()
     if not have:
         raise PaletteError(f"{folder} holds no adapters (expected {folder}/adapters/<domain>/)")
@@ -117,10 +145,7 @@ def run(args: argparse.Namespace) -> int:
     if "profession" in kinds:
         for p in wanted.values():
             professions_for(p)
-    out_md = Path(args.out).expanduser() if args.out else folder / "leakage.md"
-    if out_md.is_dir():
-        raise PaletteError(f"--out must be a file, but {out_md} is a folder")
-    out_json = out_md.with_suffix(".json")
+    out_md, out_json = output_paths(args, folder)
 
     run_config, data_hash = _run_settings(folder)
     if data_hash and data_hash != prompts.data_hash():
@@ -136,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.gated_only and not args.gate:
         raise PaletteError("--gated-only needs --gate")
+    check_gate_flags_need_gate(args)
     gate_config = gate_config_from_args(args)
 
     model = load_model_from_args(args)

@@ -2,6 +2,8 @@
 
 Baseline → search → bake → profiles (each single domain, a pair, the triple) → evaluation with the
 baselines → ``metrics.json``, ``details.json``, ``report.html``, ``adapters/``, ``directions/`` in ``--out``.
+Everything (data, targets, profiles, ``--config``, gate settings, the output folder) is checked before the
+model loads.
 """
 
 from __future__ import annotations
@@ -12,58 +14,82 @@ import time
 from pathlib import Path
 
 from palette_lens.cli.common import (
+    add_compose_weight_argument,
+    add_config_argument,
     add_data_arguments,
+    add_gate_settings,
+    add_limit_argument,
     add_model_arguments,
-    compose_weight,
+    add_no_cache_argument,
+    add_output_argument,
+    check_output_folder,
+    check_profiles_have,
+    config_from_args,
     echo,
+    gate_settings_from_args,
     load_data_from_args,
     load_model_from_args,
+    parse_profile,
     positive_int,
 )
+from palette_lens.errors import PaletteError
 from palette_lens.pipeline.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
+#: demo's targets when none are given (palette_lens.pipeline.config.DEFAULT_TARGETS, without importing torch)
+DEFAULT_TARGETS = ("cyber", "disinformation", "hate")
 
-def add_pipeline_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser, default_out: str | None, out_text: str | None = None,
+                           bake_config: bool = True) -> None:
     """Options shared by ``run`` and ``demo`` (and ``evaluate``)."""
-    parser.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
+    add_output_argument(parser, out_text or default_out or "", default_out)
     parser.add_argument("--quick", action="store_true", help="few prompts per stage (CI-sized, minutes)")
     parser.add_argument("--profile", action="append", default=None, metavar="D1+D2",
-                        help="a profile to evaluate (repeatable; default: each target, one pair, the triple)")
-    parser.add_argument("--pairs", choices=["first", "all"], default=None, help="which pairs of targets to evaluate")
-    parser.add_argument("--compose-weight", type=compose_weight, default=None, metavar="W",
-                        help="ΔW weight of each adapter in a profile of two or more domains, in (0, 2] "
-                             "(default 0.85, which leaks less into the other domains than 1, the plain sum; docs/results.md)")
-    parser.add_argument("--eval-limit", type=positive_int, default=None, help="test prompts per harmful domain")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=None, help="greedy tokens per completion (default 64)")
-    parser.add_argument("--batch-size", type=positive_int, default=None, help="sequences per generation batch (default 64)")
+                        help="a profile to evaluate, domains joined by '+' (repeatable; default: each target, one "
+                             "pair, the triple)")
+    parser.add_argument("--pairs", choices=["first", "all"], default=None,
+                        help="which pairs of targets to evaluate (default: first)")
+    add_compose_weight_argument(parser)
+    add_limit_argument(parser, "test prompts per harmful domain (default: 40; 12 with --quick)", old="--eval-limit")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N",
+                        help="greedy tokens per completion (default: 64)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
+                        help="sequences per generation batch (default: 64)")
     parser.add_argument("--gate-profiles", choices=["none", "reference", "singles", "all"], default=None,
-                        help="profiles also evaluated behind a domain gate (palette_lens.gate.domain_gate), reported as the "
-                             "domain_gate baseline (default: reference, the first single-domain profile)")
+                        help="profiles also evaluated behind a domain gate (palette_lens.gate.domain_gate), reported "
+                             "as the domain_gate baseline (default: reference, the first single-domain profile)")
+    add_gate_settings(parser)
+    add_config_argument(parser, ("bake", "gate") if bake_config else ("gate",))
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="generate the vanilla baseline again even when cached from an identical run")
+    add_no_cache_argument(parser)
 
 
 def pipeline_config(args: argparse.Namespace, targets: list[str] | None = None):
     from palette_lens.pipeline.config import PipelineConfig
 
-    overrides = {}
+    overrides: dict = {}
     if targets:
         overrides["targets"] = tuple(targets)
-    for key in ("pairs", "compose_weight", "eval_limit", "max_new_tokens", "batch_size", "gate_profiles"):
+    for key, field in (("pairs", "pairs"), ("compose_weight", "compose_weight"), ("limit", "eval_limit"),
+                       ("max_new_tokens", "max_new_tokens"), ("batch_size", "batch_size"),
+                       ("gate_profiles", "gate_profiles")):
         if getattr(args, key, None) is not None:
-            overrides[key] = getattr(args, key)
+            overrides[field] = getattr(args, key)
     if getattr(args, "no_cache", False):
         overrides["cache_generations"] = False
+    gate = gate_settings_from_args(args)
+    if gate:
+        overrides["gate"] = gate
+    bake = config_from_args(args).get("bake")
+    if bake:
+        overrides["bake"] = dict(bake)
     return PipelineConfig.quick_preset(**overrides) if args.quick else PipelineConfig.full(**overrides)
 
 
 def parse_profiles(args: argparse.Namespace):
-    from palette_lens.compose.profiles import Profile
-
-    return [Profile.parse(p) for p in args.profile] if args.profile else None
+    return [parse_profile(p) for p in args.profile] if args.profile else None
 
 
 def summarize(result) -> None:
@@ -89,21 +115,32 @@ def summarize(result) -> None:
     echo(f"written: {run.metrics_json}, {run.report_html}, {run.adapters_dir}/, {run.directions_dir}/")
 
 
-def execute(args: argparse.Namespace, targets: list[str] | None) -> int:
-    """Load data and model, run the pipeline, print a summary."""
-    from palette_lens.errors import PaletteError
-    from palette_lens.pipeline.run import run_pipeline
-
+def check(args: argparse.Namespace, targets: list[str] | None):
+    """Everything ``run``/``demo`` can check without the model: (prompts, config, profiles)."""
+    out = check_output_folder(args.out)
     prompts = load_data_from_args(args)
     for t in targets or []:
         prompts.check_domain(t)
         if t not in prompts.harmful_domains:
             raise PaletteError(f"the target must be a harmful domain, not {t!r}")
+    profiles = parse_profiles(args)
+    if profiles:
+        chosen = targets or [t for t in DEFAULT_TARGETS if t in prompts.harmful_domains]
+        if targets or len(chosen) == len(DEFAULT_TARGETS):  # otherwise the pipeline picks the targets
+            check_profiles_have(profiles, chosen, "is not a target (targets: {available}); add --target {first}")
     config = pipeline_config(args, targets)
+    return out, prompts, config, profiles
+
+
+def execute(args: argparse.Namespace, targets: list[str] | None) -> int:
+    """Check everything, then load the model, run the pipeline, print a summary."""
+    from palette_lens.pipeline.run import run_pipeline
+
+    out, prompts, config, profiles = check(args, targets)
     t0 = time.perf_counter()
     model = load_model_from_args(args)
     timings = {"load_model": round(time.perf_counter() - t0, 2)}
-    result = run_pipeline(model, prompts, Path(args.out), config, profiles=parse_profiles(args), timings=timings,
+    result = run_pipeline(model, prompts, out, config, profiles=profiles, timings=timings,
                           report=not args.no_report)
     summarize(result)
     return 0

@@ -11,6 +11,8 @@ from pathlib import Path
 from palette_lens.cli.common import (
     add_data_arguments,
     add_model_arguments,
+    add_output_argument,
+    check_output_folder,
     echo,
     fraction,
     load_data_from_args,
@@ -19,6 +21,7 @@ from palette_lens.cli.common import (
     positive_float,
     positive_int,
 )
+from palette_lens.errors import PaletteError
 from palette_lens.pipeline.run_folder import RunFolder
 from palette_lens.util.atomic import atomic_write_text
 
@@ -28,15 +31,20 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_data_arguments(parser)
-    parser.add_argument("--target", required=True, help="the target (authorized) harmful domain")
-    parser.add_argument("--out", default=None, help="output folder (default: runs/search-<target>)")
-    parser.add_argument("--alpha", type=fraction, default=None, help="trade-off: 1 = bypass only, 0 = retention only")
-    parser.add_argument("--retain", choices=["causal", "sep", "both"], default=None, help="retention objective")
-    parser.add_argument("--top-k", type=non_negative_int, default=None, help="candidates scored causally (0: all, no pruning)")
-    parser.add_argument("--kl-max", type=positive_float, default=None, help="largest harmless first-token KL (default: none under the default one-block edit, 0.1 under ablation)")
-    parser.add_argument("--n-val", type=positive_int, default=None, help="validation prompts of target and harmless")
+    parser.add_argument("--target", required=True, metavar="DOMAIN", help="the target (authorized) harmful domain")
+    add_output_argument(parser, "runs/search-<target>")
+    parser.add_argument("--alpha", type=fraction, default=None, metavar="A",
+                        help="the search's trade-off: 1 = bypass only, 0 = retention only (default: 0.5)")
+    parser.add_argument("--retain", choices=["causal", "sep", "both"], default=None,
+                        help="retention objective (default: sep)")
+    parser.add_argument("--top-k", type=non_negative_int, default=None, metavar="K",
+                        help="candidates scored causally (0: all, no pruning) (default: 10)")
+    parser.add_argument("--kl-max", type=positive_float, default=None, metavar="X",
+                        help="largest harmless first-token KL (default: none under the default one-block edit)")
+    parser.add_argument("--n-val", type=positive_int, default=None, metavar="N",
+                        help="validation prompts of target and harmless (default: 12)")
     parser.add_argument("--no-figures", action="store_true", help="skip the HTML figures and domain views")
-    parser.add_argument("--views-every", type=positive_int, default=3, help="t-SNE every N layers (default 3)")
+    parser.add_argument("--views-every", type=positive_int, default=3, metavar="N", help="t-SNE every N layers")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,15 +53,17 @@ def run(args: argparse.Namespace) -> int:
     from palette_lens.search.direction_search import search_direction
     from palette_lens.search.result import SearchConfig
 
+    out = check_output_folder(args.out or f"runs/search-{args.target}")
     prompts = load_data_from_args(args)
     prompts.check_domain(args.target)
-    out = Path(args.out or f"runs/search-{args.target}")
-    model = load_model_from_args(args)
+    if args.target not in prompts.harmful_domains:
+        raise PaletteError(f"the target must be a harmful domain, not {args.target!r}")
     overrides = {
         "alpha": args.alpha, "retain": args.retain, "kl_max": args.kl_max, "n_val": args.n_val,
         "top_k": (None if args.top_k == 0 else args.top_k) if args.top_k is not None else "keep",
     }
     cfg = SearchConfig(**{k: v for k, v in overrides.items() if v is not None and v != "keep"})
+    model = load_model_from_args(args)
     residuals = collect_domain_residuals(model, prompts, [*prompts.harmful_domains, HARMLESS], limit=cfg.n_train)
     result = search_direction(model, prompts, args.target, residuals=residuals, config=cfg)
     path = result.save(out)

@@ -122,6 +122,17 @@ class RunFolder:
             return direction_of(adapter)
         return None
 
+    #: What a palette-lens command writes at the top of an output folder (any one marks the folder as one).
+    OUTPUT_MARKERS = ("metrics.json", "details.json", "report.html", "run.json", "baseline.json", "baseline.md",
+                      "search.json", "search", "adapters", "directions", "gates", "leakage.md", "leakage.json")
+
+    def is_output(self) -> bool:
+        """Whether the folder holds a palette-lens output (a marker file or folder, or a ``profile-*.json``)."""
+        if not self.root.is_dir():
+            return False
+        return any((self.root / name).exists() for name in self.OUTPUT_MARKERS) or any(
+            self.root.glob("profile-*.json"))
+
     # ------------------------------------------------------------------ writing
     def clear_summary(self) -> None:
         """Remove a previous run's summary files (they must not describe this run's partial outputs)."""

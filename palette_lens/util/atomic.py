@@ -7,6 +7,7 @@ they are removed when the write fails.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -99,9 +100,12 @@ def atomic_folder(folder: str | Path, write: Callable[[Path], object]) -> Path:
     """Build ``folder`` by ``write(tmp_folder)`` in a temporary sibling and swap it into place.
 
     A previous ``folder`` is replaced only after ``write`` has succeeded; when ``write`` raises, the
-    temporary folder is removed and the previous folder is left as it was.
+    temporary folder is removed and the previous folder is left as it was. Anything at ``folder`` that is not
+    a folder (a file, a link) is never replaced: ``FileExistsError`` before ``write`` runs.
     """
     folder = Path(folder)
+    if (folder.exists() or folder.is_symlink()) and (folder.is_symlink() or not folder.is_dir()):
+        raise FileExistsError(errno.EEXIST, "exists and is not a folder; it was left as it was", str(folder))
     folder.parent.mkdir(parents=True, exist_ok=True)
     mode = _default_mode(folder, 0o777)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
