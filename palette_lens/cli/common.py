@@ -247,9 +247,10 @@ def _describe(tp: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) if a is not type(None) else "'none'" for a in args)
     if origin is tuple:
+        plural = {int: "integers", float: "numbers", str: "strings"}.get(args[0], str(args[0]))
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_describe(args[0])}s"
-        return f"a list of {len(args)} {_describe(args[0])}s"
+            return f"a list of {plural}"
+        return f"a list of {len(args)} {plural}"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
@@ -414,6 +415,8 @@ def check_gate_flags_need_gate(args: argparse.Namespace) -> None:
              if getattr(args, name, None) is not None]
     if given:
         raise PaletteError(f"{given[0]} only applies with --gate; add --gate or leave it out")
+    if config_from_args(args).get("gate"):
+        raise PaletteError("the [gate] table of --config only applies with --gate; add --gate or remove the table")
 
 
 # ---------------------------------------------------------------------- inputs and outputs, checked first
