@@ -343,3 +343,179 @@ def test_real_process_prints_one_line_and_exits_non_zero(builtin, tmp_path):
     assert proc.stderr.splitlines() == [
         "palette-lens: error: unknown domain 'nope'; known domains: cyber, violence, harmless"
     ]
+
+
+# ---------------------------------------------------------------------- validate first (issue 23, item 1)
+def _fake_run(folder: Path, *domains: str) -> Path:
+    """A run folder whose adapters/ lists ``domains`` (metadata only: enough for the checks before the model)."""
+    for d in domains:
+        (folder / "adapters" / d).mkdir(parents=True)
+        (folder / "adapters" / d / "palette_meta.json").write_text(json.dumps({"domain": d}))
+    return folder
+
+
+BEFORE_THE_MODEL = {
+    # case: (argv, the line printed after "palette-lens: error: ")
+    "run: a profile of a domain that is not a target": (
+        ["run", "--target", "cyber", "--profile", "cyber+violence", "--out", "{tmp}/out"],
+        "profile 'cyber+violence' needs violence, which is not a target (targets: cyber); add --target violence"),
+    "demo: a profile with an empty domain name": (
+        ["demo", "--target", "cyber", "--profile", "cyber++violence", "--out", "{tmp}/out"],
+        "profile 'cyber++violence' has an empty domain name; join domains with a single '+', e.g. cyber+hate"),
+    "run: --profile cyber++violence": (
+        ["run", "--target", "cyber", "--target", "violence", "--profile", "cyber++violence", "--out", "{tmp}/out"],
+        "profile 'cyber++violence' has an empty domain name"),
+    "evaluate: a profile without an adapter": (
+        ["evaluate", "--from", "{run}", "--profile", "nosuch"],
+        "profile 'nosuch' needs nosuch, which has no adapter here (adapters: cyber)"),
+    "evaluate: --from a missing folder": (["evaluate", "--from", "{tmp}/missing"], "--from {tmp}/missing: no such folder"),
+    "compose: --from a missing folder": (["compose", "--from", "{tmp}/missing"], "--from {tmp}/missing: no such folder"),
+    "compose: --from a folder without adapters": (["compose", "--from", "{tmp}/empty"], "holds no adapters"),
+    "compose: --adapter that is not an adapter": (["compose", "--adapter", "{tmp}/empty"],
+                                                 "--adapter {tmp}/empty is not an adapter folder (no palette_meta.json)"),
+    "compose: --profile cyber++violence": (["compose", "--from", "{run}", "--profile", "cyber++violence"],
+                                          "profile 'cyber++violence' has an empty domain name"),
+    "compose: --data without --gate": (["compose", "--from", "{run}", "--data", "{tmp}/mine.jsonl"],
+                                      "--data is only used to train the gate; add --gate or leave --data out"),
+    "compose: a gate option without --gate": (["compose", "--from", "{run}", "--gate-layer", "1"],
+                                             "--gate-layer only applies with --gate; add --gate or leave it out"),
+    "leakage: --profile cyber++violence": (["leakage", "--from", "{run}", "--profile", "cyber++violence"],
+                                          "has an empty domain name"),
+    "run: --data a folder": (["run", "--target", "cyber", "--data", "{tmp}/empty", "--out", "{tmp}/out"],
+                             "--data {tmp}/empty is a folder; --data takes JSONL files, e.g. --data {tmp}/empty/*.jsonl"),
+    "baseline: --replace-data without --data": (["baseline", "--replace-data", "--out", "{tmp}/out"],
+                                               "--replace-data needs --data FILE.jsonl"),
+    "run: --replace-data without --data": (["run", "--target", "cyber", "--replace-data", "--out", "{tmp}/out"],
+                                          "--replace-data needs --data FILE.jsonl"),
+    "bake: --direction a missing file": (["bake", "--target", "cyber", "--direction", "{tmp}/d.json", "--out", "{tmp}/out"],
+                                        "--direction {tmp}/d.json: no such file"),
+    "bake: --from a missing folder": (["bake", "--target", "cyber", "--from", "{tmp}/missing", "--out", "{tmp}/out"],
+                                     "--from {tmp}/missing: no such folder"),
+    "search: a target that is not harmful": (["search", "--target", "harmless", "--out", "{tmp}/out"],
+                                            "the target must be a harmful domain, not 'harmless'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BEFORE_THE_MODEL))
+def test_bad_input_is_reported_before_the_model_loads(builtin, tmp_path, monkeypatch, capsys, case):
+    argv, line = BEFORE_THE_MODEL[case]
+    use_model(monkeypatch)  # loading the model fails the test
+    (tmp_path / "empty").mkdir()
+    write_jsonl(tmp_path / "mine.jsonl", records("cyber", 8))
+    run = _fake_run(tmp_path / "run", "cyber")
+    names = {"tmp": tmp_path, "run": run}
+    before = snapshot(tmp_path)
+    code, err = run_cli(capsys, *[a.format(**names) for a in argv])
+    assert_one_line_error(code, err, line.format(**names))
+    assert snapshot(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+OUT_IS_A_FILE = {
+    "run": ["run", "--target", "cyber"],
+    "demo": ["demo", "--target", "cyber"],
+    "search": ["search", "--target", "cyber"],
+    "bake": ["bake", "--target", "cyber"],
+    "baseline": ["baseline"],
+    "evaluate": ["evaluate", "--from", "{run}"],
+    "compose": ["compose", "--from", "{run}"],
+    "leakage": ["leakage", "--from", "{run}"],
+}
+
+
+@pytest.mark.parametrize("command", list(OUT_IS_A_FILE))
+def test_an_out_that_is_a_file_is_refused_and_left_as_it_was(builtin, tmp_path, monkeypatch, capsys, command):
+    use_model(monkeypatch)
+    run = _fake_run(tmp_path / "run", "cyber")
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    before = snapshot(tmp_path)
+    code, err = run_cli(capsys, *[a.format(run=run) for a in OUT_IS_A_FILE[command]], "--out", taken)
+    assert_one_line_error(code, err, f"--out {taken} is an existing file; give a folder")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["run", "demo", "search", "bake", "baseline"])
+def test_an_out_folder_that_is_not_a_palette_lens_output_is_refused(builtin, tmp_path, monkeypatch, capsys, command):
+    use_model(monkeypatch)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    before = snapshot(home)
+    code, err = run_cli(capsys, *OUT_IS_A_FILE[command], "--out", home)
+    assert_one_line_error(code, err, f"--out {home} is a folder with other files in it, not a palette-lens output")
+    assert snapshot(home) == before and sorted(p.name for p in home.iterdir()) == ["thesis.tex"]
+
+
+def test_an_earlier_output_or_an_empty_folder_is_accepted(builtin, tmp_path, monkeypatch):
+    from palette_lens.cli.common import check_output_folder
+
+    (tmp_path / "empty").mkdir()
+    run = _fake_run(tmp_path / "run", "cyber")
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "baseline.json").write_text("{}")
+    for folder in (tmp_path / "new", tmp_path / "empty", run, tmp_path / "base"):
+        assert check_output_folder(folder) == folder
+
+
+def test_leakage_out_is_a_folder_and_a_file_name_still_works(tmp_path, capsys):
+    import argparse as _argparse
+
+    from palette_lens.cli.leakage import output_paths
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert output_paths(_argparse.Namespace(out=None), run) == (run / "leakage.md", run / "leakage.json")
+    assert output_paths(_argparse.Namespace(out=str(tmp_path / "t")), run) == (tmp_path / "t" / "leakage.md",
+                                                                              tmp_path / "t" / "leakage.json")
+    assert capsys.readouterr().err == ""
+    assert output_paths(_argparse.Namespace(out=str(tmp_path / "x.md")), run) == (tmp_path / "x.md", tmp_path / "x.json")
+    assert "deprecated" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- never destroy (issue 23, item 2)
+def test_atomic_folder_never_replaces_a_file(tmp_path):
+    from palette_lens.util.atomic import atomic_folder
+
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    with pytest.raises(FileExistsError):
+        atomic_folder(path, lambda tmp: (tmp / "x").write_text("new"))
+    assert path.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("what", ["a file", "a foreign folder"])
+def test_compose_export_onto_something_else_is_refused_and_left_intact(builtin, adapter_folder, tmp_path,
+                                                                      monkeypatch, capsys, what):
+    use_model(monkeypatch)  # refused before the model loads
+    target = tmp_path / "target"
+    if what == "a file":
+        target.write_text("mine")
+        line = f"--export {target} is an existing file; give a new folder (it is left as it was)"
+    else:
+        target.mkdir()
+        (target / "model.bin").write_text("someone else's")
+        line = f"--export {target} is a folder that is not a palette-lens export (no palette_profile.json)"
+    before = snapshot(tmp_path)
+    code, err = run_cli(capsys, "compose", "--from", adapter_folder, "--export", target, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, line)
+    assert snapshot(tmp_path) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no hidden .target.xxxx.old left
+
+
+def test_compose_export_replaces_an_earlier_export_as_a_whole(builtin, adapter_folder, tiny_qwen, tmp_path,
+                                                              monkeypatch, capsys):
+    use_model(monkeypatch, tiny_qwen)
+    export = tmp_path / "merged"
+    assert run_cli(capsys, "compose", "--from", adapter_folder, "--export", export, "--out", tmp_path / "o")[0] == 0
+    (export / "stale.txt").write_text("from the earlier export")
+    assert run_cli(capsys, "compose", "--from", adapter_folder, "--export", export, "--out", tmp_path / "o")[0] == 0
+    assert (export / "palette_profile.json").is_file() and not (export / "stale.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_compose_profile_json_onto_a_folder_is_refused(builtin, tmp_path, monkeypatch, capsys):
+    use_model(monkeypatch)
+    run = _fake_run(tmp_path / "run", "cyber")
+    (tmp_path / "out" / "profile-cyber.json").mkdir(parents=True)
+    code, err = run_cli(capsys, "compose", "--from", run, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "profile-cyber.json would be written as a file, but a folder is there")
