@@ -459,12 +459,17 @@ def test_bake_command_writes_adapter_folder(tiny_qwen, toy_prompts, tmp_path, mo
     direction = Direction(direction.vector, direction.layer, direction.position, "cyber")  # no fingerprint check
     direction.save(tmp_path / "dirs", "cyber")
     out = tmp_path / "out"
+    config = tmp_path / "bake.toml"  # the research settings in --config; one old flag still works (deprecated)
+    config.write_text("[bake]\ninput_shift = 0.5\nmargin_retry = 0\nmargin_compose = 0.125\ngeneration_check = 2\n")
     code = main(["bake", "--target", "cyber", "--model", str(model_dir), "--direction", str(tmp_path / "dirs" / "cyber.json"),
-                 "--steps", "4", "--input-shift", "0.5", "--margin-retry", "0", "--margin-compose", "0.125",
-                 "--generation-check", "2", "--mix", "1,1,1,1", "--out", str(out)])
+                 "--steps", "4", "--config", str(config), "--mix", "1,1,1,1", "--out", str(out)])
     assert code == 0
     folder = out / "adapters" / "cyber"
     assert (folder / "bake.json").is_file() and (folder / "inspect.html").is_file()
+    echoed = _json.loads((folder / "bake.json").read_text())
+    assert echoed["config_file"] == {"path": str(config), "bake": {"input_shift": 0.5, "margin_retry": 0.0,
+                                                                  "margin_compose": 0.125, "generation_check": 2}}
+    assert echoed["settings"]["margin_compose"] == 0.125 and echoed["settings"]["steps"] == 4
     adapter = load_adapter(folder)
     assert adapter.layer_index == 1 and adapter.meta["domain"] == "cyber"
     assert adapter.meta["config"]["input_shift"] == 0.5 and adapter.meta["config"]["margin_retry"] == 0.0
