@@ -232,7 +232,7 @@ def render(table: LeakageTable, note: str = "", findings: str = "") -> str:
         "## Reproduce",
         "",
         "```bash",
-        f"palette-lens leakage --from {run} --limit {att.get('limit')} --out leak/leakage.md       # the table",
+        f"palette-lens leakage --from {run} --limit {att.get('limit')} --out leak                  # the table",
         f"python scripts/adversarial_leakage.py --from {run}{hn_args} --limit {att.get('limit')} --hard-negatives \\",
         "    --hn-out leak/adapters_hard_negatives --json-out leak/hard-neg.json --out leak/hard-neg.md",
         "python scripts/adversarial_leakage.py --json leak/leakage.json --json leak/hard-neg.json \\",

@@ -94,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-alpha", type=positive_float, default=None, metavar="A",
                         help=f"LoRA alpha; ΔW = (alpha / rank)·B·A (default: {DEFAULTS['alpha']:g})")
     parser.add_argument("--alpha", action=RemovedOption,
-                        fix="the LoRA alpha is now --lora-alpha (--alpha is the search's trade-off in `search`)")
+                        fix="the LoRA alpha is now --lora-alpha (in the search command, --alpha is the search trade-off)")
     parser.add_argument("--refine", action="store_true",
                         help="one refinement round: search again on the adapted model at the adapter's layer, bake "
                         "again on top and save both rounds as one adapter")
