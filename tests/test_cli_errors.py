@@ -434,14 +434,15 @@ def test_an_out_that_is_a_file_is_refused_and_left_as_it_was(builtin, tmp_path, 
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("command", ["run", "demo", "search", "bake", "baseline"])
+@pytest.mark.parametrize("command", ["run", "demo", "search", "bake", "baseline", "evaluate"])
 def test_an_out_folder_that_is_not_a_palette_lens_output_is_refused(builtin, tmp_path, monkeypatch, capsys, command):
     use_model(monkeypatch)
+    run = _fake_run(tmp_path / "run", "cyber")
     home = tmp_path / "home"
     home.mkdir()
     (home / "thesis.tex").write_text("years of work")
     before = snapshot(home)
-    code, err = run_cli(capsys, *OUT_IS_A_FILE[command], "--out", home)
+    code, err = run_cli(capsys, *[a.format(run=run) for a in OUT_IS_A_FILE[command]], "--out", home)
     assert_one_line_error(code, err, f"--out {home} is a folder with other files in it, not a palette-lens output")
     assert snapshot(home) == before and sorted(p.name for p in home.iterdir()) == ["thesis.tex"]
 
