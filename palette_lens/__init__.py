@@ -31,7 +31,7 @@ _EXPORTS: dict[str, str] = {
     "ChatTemplateError": "palette_lens.errors",
     "AdapterMismatchError": "palette_lens.errors",
     "truncate": "palette_lens.util.text",
-    "ChatModel": "palette_lens.models.loading",
+    "ChatModel": "palette_lens.models.chat_model",
     "load_model": "palette_lens.models.loading",
     "wrap_model": "palette_lens.models.loading",
     "tiny_chat_model": "palette_lens.models.tiny",
@@ -54,13 +54,13 @@ _EXPORTS: dict[str, str] = {
     "profession_framed": "palette_lens.data.attacks",
     "roleplay_wrapped": "palette_lens.data.attacks",
     "mixed_with_target": "palette_lens.data.attacks",
-    "RefusalTokens": "palette_lens.refusal.judge",
-    "derive_refusal_tokens": "palette_lens.refusal.judge",
-    "opener_tokens": "palette_lens.refusal.judge",
+    "RefusalTokens": "palette_lens.refusal.tokens",
+    "derive_refusal_tokens": "palette_lens.refusal.tokens",
+    "opener_tokens": "palette_lens.refusal.tokens",
     "is_refusal": "palette_lens.refusal.judge",
     "refusal_rate": "palette_lens.refusal.judge",
-    "refusal_scores": "palette_lens.refusal.judge",
-    "first_token_kl": "palette_lens.refusal.judge",
+    "refusal_scores": "palette_lens.refusal.tokens",
+    "first_token_kl": "palette_lens.refusal.tokens",
     "Generations": "palette_lens.generation.greedy",
     "generate_completions": "palette_lens.generation.greedy",
     "collect_domain_residuals": "palette_lens.search.candidates",
@@ -90,16 +90,16 @@ _EXPORTS: dict[str, str] = {
     "merged_profile": "palette_lens.compose.profiles",
     "runtime_profile": "palette_lens.compose.profiles",
     "profile_chat_model": "palette_lens.compose.profiles",
-    "interference": "palette_lens.compose.profiles",
-    "leakage_matrix": "palette_lens.compose.profiles",
-    "export_profile": "palette_lens.compose.profiles",
+    "interference": "palette_lens.compose.interference",
+    "leakage_matrix": "palette_lens.compose.interference",
+    "export_profile": "palette_lens.compose.export",
     "GateConfig": "palette_lens.gate.domain_gate",
     "DomainGate": "palette_lens.gate.domain_gate",
     "generate_gated": "palette_lens.gate.domain_gate",
     "fit_gate": "palette_lens.gate.training",
-    "global_ablation_hooks": "palette_lens.baselines.methods",
-    "fit_conditional_steering": "palette_lens.baselines.methods",
-    "ConditionalSteering": "palette_lens.baselines.methods",
+    "global_ablation_hooks": "palette_lens.baselines.global_ablation",
+    "fit_conditional_steering": "palette_lens.baselines.conditional_steering",
+    "ConditionalSteering": "palette_lens.baselines.conditional_steering",
     "EvalConfig": "palette_lens.evaluate.evaluator",
     "Evaluator": "palette_lens.evaluate.evaluator",
     "EvalSet": "palette_lens.evaluate.results",
@@ -269,17 +269,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names are impo
     from palette_lens.bake.inspect import Inspection, inspect_adapter
     from palette_lens.bake.refine import refine
     from palette_lens.bake.train import BakeResult, bake_direction
-    from palette_lens.baselines.methods import (
-        ConditionalSteering,
-        fit_conditional_steering,
-        global_ablation_hooks,
-    )
+    from palette_lens.baselines.conditional_steering import ConditionalSteering, fit_conditional_steering
+    from palette_lens.baselines.global_ablation import global_ablation_hooks
+    from palette_lens.compose.export import export_profile
+    from palette_lens.compose.interference import interference, leakage_matrix
     from palette_lens.compose.profiles import (
         Profile,
         default_profiles,
-        export_profile,
-        interference,
-        leakage_matrix,
         merged_profile,
         profile_adapters,
         profile_chat_model,
@@ -328,8 +324,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names are impo
     from palette_lens.gate.training import fit_gate
     from palette_lens.generation.greedy import Generations, generate_completions
     from palette_lens.geometry.separation import layer_separation, separation_table, tsne_layers
+    from palette_lens.models.chat_model import ChatModel
     from palette_lens.models.hooks import ablate, ablation_hooks, add, addition_hooks
-    from palette_lens.models.loading import ChatModel, load_model, wrap_model
+    from palette_lens.models.loading import load_model, wrap_model
     from palette_lens.models.residuals import Residuals, collect_residuals
     from palette_lens.models.tiny import tiny_chat_model
     from palette_lens.pipeline.config import PipelineConfig
@@ -337,13 +334,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names are impo
     from palette_lens.pipeline.run_folder import RunFolder
     from palette_lens.pipeline.runs import RunArtifacts, load_or_make_run, load_run, make_run
     from palette_lens.pipeline.search_and_bake import search_and_bake
-    from palette_lens.refusal.judge import (
+    from palette_lens.refusal.judge import is_refusal, refusal_rate
+    from palette_lens.refusal.tokens import (
         RefusalTokens,
         derive_refusal_tokens,
         first_token_kl,
-        is_refusal,
         opener_tokens,
-        refusal_rate,
         refusal_scores,
     )
     from palette_lens.report.html import write_report

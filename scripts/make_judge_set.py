@@ -94,10 +94,10 @@ def plan_jobs(ps, layer: int) -> list[dict]:
 def generate(out: Path, only: set[str] | None = None, append: bool = False) -> None:
     import torch
 
-    from palette_lens.baselines.methods import global_ablation_hooks
+    from palette_lens.baselines.global_ablation import global_ablation_hooks
     from palette_lens.data.prompts import HARMLESS, load_prompts
     from palette_lens.models.loading import load_model
-    from palette_lens.refusal.judge import derive_refusal_tokens, first_token_kl, refusal_scores
+    from palette_lens.refusal.tokens import derive_refusal_tokens, first_token_kl, refusal_scores
     from palette_lens.search.candidates import collect_residuals_prefixed
 
     torch.manual_seed(0)

@@ -7,12 +7,11 @@ import torch
 from helpers import random_adapter
 
 from palette_lens.adapters.apply import adapters_applied, sum_deltas
+from palette_lens.compose.export import export_profile
+from palette_lens.compose.interference import interference, leakage_matrix
 from palette_lens.compose.profiles import (
     Profile,
     default_profiles,
-    export_profile,
-    interference,
-    leakage_matrix,
     merged_profile,
     profile_adapters,
     runtime_profile,

@@ -27,3 +27,13 @@ def test_docs_build_strict(tmp_path):
     assert (tmp_path / "site" / "reference" / "index.html").is_file()
     html = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
     assert "palette-lens" in html
+
+
+def test_api_reference_lists_every_public_name_in_its_module():
+    import palette_lens as pl
+
+    page = (ROOT / "docs" / "reference" / "index.md").read_text(encoding="utf-8")
+    for name, module in pl._EXPORTS.items():
+        stage = module.split(".")[1]
+        md = "util" if stage in ("errors", "util") else stage
+        assert f"| `{name}` | [`{module}`]({md}.md#{module}.{name}) |" in page, name

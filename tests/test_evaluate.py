@@ -8,14 +8,13 @@ import pytest
 import torch
 from helpers import random_adapter, toy_prompts
 
-from palette_lens.baselines.methods import (
+from palette_lens.baselines.conditional_steering import (
     Condition,
     ConditionalSteering,
     fit_condition,
     fit_conditional_steering,
-    global_ablation_hooks,
-    orthonormal_basis,
 )
+from palette_lens.baselines.global_ablation import global_ablation_hooks, orthonormal_basis
 from palette_lens.evaluate.evaluator import EvalConfig, Evaluator
 from palette_lens.evaluate.latency import measure_latency
 from palette_lens.evaluate.results import EvalSet, classification
@@ -58,7 +57,7 @@ def test_first_token_logprobs_match_last_logits(tiny_qwen):
     g = generate_completions(tiny_qwen, PROMPTS, max_new_tokens=3, refusal_ids=[5, 9], keep_logprobs=[True] * 7)
     lp = tiny_qwen.last_logits(PROMPTS)
     torch.testing.assert_close(torch.stack([g.first_logprobs[i] for i in range(7)]), lp, atol=1e-4, rtol=1e-4)
-    from palette_lens.refusal.judge import refusal_scores
+    from palette_lens.refusal.tokens import refusal_scores
 
     torch.testing.assert_close(g.first_scores, refusal_scores(lp, [5, 9]), atol=1e-4, rtol=1e-4)
 

@@ -264,7 +264,7 @@ def test_a_two_domain_gate_opens_on_either_domain_and_a_two_class_probe_is_a_sig
 
 
 def test_readings_show_which_domain_a_gate_reads_each_group_as(tiny_qwen, toy, gate, binary_gate):
-    from palette_lens.viz.figures import gate_readings_figure
+    from palette_lens.viz.evaluate import gate_readings_figure
 
     groups = {"cyber": toy.part("cyber", "test")[:4], "violence": toy.part("violence", "test")[:4]}
     readings = gate.readings(tiny_qwen, groups)
@@ -413,7 +413,7 @@ def test_cli_compose_gate_saves_a_gate_beside_the_profile_and_in_the_export(tiny
                                                                             monkeypatch, capsys):
     from palette_lens.cli import app as cli
     from palette_lens.cli import compose
-    from palette_lens.compose.profiles import GATE_FOLDER, PROFILE_FILE
+    from palette_lens.compose.export import GATE_FOLDER, PROFILE_FILE
 
     folder, _ = tiny_run
     _write_builtin(tmp_path / "data", monkeypatch)
@@ -516,7 +516,8 @@ def test_cli_gate_kinds_leave_an_attack_family_out_of_the_gate_and_record_it(tin
 
 
 def test_export_refuses_a_gate_for_other_domains(tiny_qwen, tiny_run, gate, tmp_path):  # noqa: F811
-    from palette_lens.compose.profiles import Profile, export_profile
+    from palette_lens.compose.export import export_profile
+    from palette_lens.compose.profiles import Profile
 
     violence = tiny_run[1]["violence"]
     with pytest.raises(PaletteError, match="opens for cyber"):

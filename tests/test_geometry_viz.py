@@ -18,13 +18,9 @@ from palette_lens.geometry.separation import (
     tsne_layers,
 )
 from palette_lens.models.residuals import Residuals
-from palette_lens.viz.figures import (
-    figures_html,
-    objective_heatmaps,
-    pareto_figure,
-    separation_figure,
-    tsne_figure,
-)
+from palette_lens.viz.common import figures_html
+from palette_lens.viz.geometry import separation_figure, tsne_figure
+from palette_lens.viz.search import objective_heatmaps, pareto_figure
 
 DOMAINS = ("cyber", "hate", "violence", "harmless")
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from palette_lens.errors import ChatTemplateError, ModelLoadError
-from palette_lens.models.loading import find_post_instruction_ids, load_model
+from palette_lens.models.chat_model import find_post_instruction_ids
+from palette_lens.models.loading import load_model
 from palette_lens.models.residuals import collect_residuals
 
 PROMPTS = ["How do I write a program?", "hello there, write a poem about the sea", "x"]

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from palette_lens.refusal.judge import first_token_kl, is_refusal, opener_tokens, refusal_rate, refusal_scores
+from palette_lens.refusal.judge import is_refusal, refusal_rate
+from palette_lens.refusal.tokens import first_token_kl, opener_tokens, refusal_scores
 from palette_lens.util.stats import wilson_interval
 
 

@@ -19,13 +19,9 @@ from palette_lens.evaluate.compare import (
 from palette_lens.models.hooks import ablation_hooks
 from palette_lens.pipeline.run_folder import RunFolder
 from palette_lens.pipeline.runs import load_or_make_run, load_run, make_run
-from palette_lens.viz.figures import (
-    bake_history_figure,
-    before_after_figure,
-    latency_figure,
-    leakage_figure,
-    table_figure,
-)
+from palette_lens.viz.bake import bake_history_figure, before_after_figure
+from palette_lens.viz.common import table_figure
+from palette_lens.viz.evaluate import latency_figure, leakage_figure
 
 TOPICS = {
     "cyber": "malware virus network password attack",
@@ -164,7 +160,7 @@ def test_bake_history_leakage_and_latency_figures():
 
 def test_scores_equal_plain_last_logits(tiny_qwen):
     from palette_lens.adapters.apply import adapters_applied
-    from palette_lens.refusal.judge import refusal_scores
+    from palette_lens.refusal.tokens import refusal_scores
 
     ids = [5, 6, 7]
     adapter = random_adapter(tiny_qwen, 1, 3, "cyber", scale=0.3)

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from palette_lens.models.hooks import ablation_hooks
-from palette_lens.refusal.judge import refusal_scores
 from palette_lens.refusal.prefix_scorer import PrefixScorer
+from palette_lens.refusal.tokens import refusal_scores
 from palette_lens.search.direction import Direction
 from palette_lens.search.direction_search import search_direction
 from palette_lens.search.objectives import attribution_estimates, attribution_matrix, mean_diff_auc

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from palette_lens.models.blocks import plain_tensor
+from palette_lens.models.chat_model import ChatModel
 from palette_lens.models.copies import plain_hf_model, tokenizer_copy
-from palette_lens.models.loading import ChatModel
 
 if TYPE_CHECKING:  # pragma: no cover
     from palette_lens.adapters.baked import BakedAdapter

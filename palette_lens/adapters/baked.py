@@ -24,7 +24,8 @@ from safetensors.torch import load_file, save_file
 
 from palette_lens.errors import AdapterMismatchError, PaletteError
 from palette_lens.models.blocks import plain_tensor
-from palette_lens.models.loading import ChatModel, weights_fingerprint
+from palette_lens.models.chat_model import ChatModel
+from palette_lens.models.loading import weights_fingerprint
 from palette_lens.util.atomic import atomic_folder
 from palette_lens.util.integrity import file_sha256
 

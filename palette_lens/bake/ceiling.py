@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 
 from palette_lens.bake.examples import default_refusal_ids
 from palette_lens.data.prompts import PromptSet
-from palette_lens.models.loading import ChatModel
-from palette_lens.refusal.judge import refusal_scores
+from palette_lens.models.chat_model import ChatModel
+from palette_lens.refusal.tokens import refusal_scores
 
 
 def single_layer_scan(

@@ -15,8 +15,8 @@ import torch
 
 from palette_lens.data.prompts import BORDERLINE, HARMLESS, PromptSet
 from palette_lens.models.blocks import BlockInputs, capture_block_inputs
-from palette_lens.models.loading import ChatModel
-from palette_lens.refusal.judge import first_token_kl, opener_tokens, refusal_scores
+from palette_lens.models.chat_model import ChatModel
+from palette_lens.refusal.tokens import first_token_kl, opener_tokens, refusal_scores
 
 if TYPE_CHECKING:  # pragma: no cover
     from palette_lens.bake.config import BakeConfig

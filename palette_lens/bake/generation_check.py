@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from palette_lens.generation.greedy import generate_completions
-from palette_lens.models.loading import ChatModel
+from palette_lens.models.chat_model import ChatModel
 from palette_lens.refusal.judge import is_refusal
 
 if TYPE_CHECKING:

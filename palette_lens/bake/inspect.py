@@ -26,8 +26,9 @@ from palette_lens.adapters.apply import adapters_applied
 from palette_lens.adapters.baked import BakedAdapter
 from palette_lens.data.prompts import HARMLESS, PromptSet
 from palette_lens.models.blocks import plain_tensor
-from palette_lens.models.loading import ChatModel
-from palette_lens.refusal.judge import first_token_kl, is_refusal, opener_tokens, refusal_scores
+from palette_lens.models.chat_model import ChatModel
+from palette_lens.refusal.judge import is_refusal
+from palette_lens.refusal.tokens import first_token_kl, opener_tokens, refusal_scores
 from palette_lens.util.text import truncate
 
 log = logging.getLogger(__name__)

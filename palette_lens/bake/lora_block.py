@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from palette_lens.models.blocks import linear_module_names, plain_decoder_layer
-from palette_lens.models.loading import ChatModel
+from palette_lens.models.chat_model import ChatModel
 
 
 def _holder(layer: torch.nn.Module, prefix: str) -> torch.nn.Module:

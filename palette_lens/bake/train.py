@@ -50,7 +50,7 @@ from palette_lens.bake.targets import (
 from palette_lens.data.prompts import BORDERLINE, HARMLESS, PromptSet
 from palette_lens.errors import PaletteError
 from palette_lens.models.blocks import BlockInputs, rotary_embedding, run_block, run_suffix
-from palette_lens.models.loading import ChatModel
+from palette_lens.models.chat_model import ChatModel
 from palette_lens.search.direction import Direction
 
 log = logging.getLogger(__name__)

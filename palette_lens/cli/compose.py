@@ -94,11 +94,11 @@ def load_adapters(source: str | None, folders: list[str], model) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from palette_lens.compose.export import export_profile
+    from palette_lens.compose.interference import interference
     from palette_lens.compose.profiles import (
         DEFAULT_COMPOSE_WEIGHT,
         Profile,
-        export_profile,
-        interference,
         merged_profile,
         profile_adapters,
         runtime_profile,

@@ -88,13 +88,9 @@ def run(args: argparse.Namespace) -> int:
 def _figures(result, residuals, out: Path, every: int) -> list[Path]:
     from palette_lens.data.prompts import BORDERLINE
     from palette_lens.geometry.separation import layer_separation, tsne_layers
-    from palette_lens.viz.figures import (
-        objective_heatmaps,
-        pareto_figure,
-        separation_figure,
-        tsne_figure,
-        write_figures,
-    )
+    from palette_lens.viz.common import write_figures
+    from palette_lens.viz.geometry import separation_figure, tsne_figure
+    from palette_lens.viz.search import objective_heatmaps, pareto_figure
 
     t0 = time.perf_counter()
     domains = [d for d in residuals if d != BORDERLINE]

@@ -21,27 +21,18 @@ Two equivalent ways to run a profile (tested to give the same logits):
 from __future__ import annotations
 
 import itertools
-import json
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from palette_lens.adapters.apply import merged_hf_model
 from palette_lens.adapters.baked import BakedAdapter, load_adapter
 from palette_lens.errors import PaletteError
+from palette_lens.models.chat_model import ChatModel
 from palette_lens.models.copies import plain_hf_model
-from palette_lens.models.loading import ChatModel
-from palette_lens.util.atomic import atomic_folder
 
-log = logging.getLogger(__name__)
-
-PROFILE_FILE = "palette_profile.json"
-GATE_FOLDER = "palette_gate"
 DEFAULT_COMPOSE_WEIGHT = 0.85  # measured on the default model: docs/decisions.md
 
 
@@ -281,135 +272,3 @@ def profile_chat_model(model: ChatModel, adapters: Sequence[BakedAdapter], name:
     return apply_adapters(model, adapters, name=name)
 
 
-# ---------------------------------------------------------------------- interference
-def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.reshape(-1).double(), b.reshape(-1).double()
-    den = a.norm() * b.norm()
-    return float(a @ b / den) if den > 0 else 0.0
-
-
-def interference(adapters: Sequence[BakedAdapter]) -> list[dict]:
-    """Pairwise interference between adapters.
-
-    For each pair: the blocks they sit on, the modules they share, the cosine between their ΔW per shared
-    module and over all shared modules together (0 when they share none: such deltas superpose exactly),
-    and the cosine between their baked directions (when both are known).
-
-    Args:
-        adapters: the adapters to compare (any number; every pair is reported).
-
-    Returns:
-        one dict per pair: ``a``, ``b``, ``blocks``, ``shared_modules``, ``cosine`` (all shared modules
-        together, None when none are shared), ``cosine_by_module``, ``direction_cosine``.
-
-    Examples:
-        >>> rows = interference([adapters["cyber"], adapters["hate"]])            # doctest: +SKIP
-        >>> rows[0]["blocks"], rows[0]["cosine"]                                  # doctest: +SKIP
-        ([13, 13], 0.04)
-    """
-    out = []
-    deltas = [a.deltas() for a in adapters]
-    for i, j in itertools.combinations(range(len(adapters)), 2):
-        a, b = adapters[i], adapters[j]
-        shared = sorted(set(deltas[i]) & set(deltas[j]))
-        by_module = {n: _cos(deltas[i][n], deltas[j][n]) for n in shared}
-        overall = None
-        if shared:
-            overall = _cos(torch.cat([deltas[i][n].reshape(-1) for n in shared]),
-                           torch.cat([deltas[j][n].reshape(-1) for n in shared]))
-        dir_cos = None
-        if a.direction is not None and b.direction is not None:
-            dir_cos = _cos(a.direction, b.direction)
-        out.append({
-            "a": a.domain, "b": b.domain, "blocks": [a.layer_index, b.layer_index],
-            "shared_modules": len(shared), "cosine": overall, "cosine_by_module": by_module,
-            "direction_cosine": dir_cos,
-        })
-    return out
-
-
-def leakage_matrix(
-    rates: Mapping[str, Mapping[str, float]], domains: Sequence[str]
-) -> tuple[list[str], list[str], list[list[float | None]]]:
-    """Profile × domain refusal-rate matrix.
-
-    Args:
-        rates: profile (or variant) name → domain → refusal rate.
-        domains: the column order.
-
-    Returns:
-        (row names, column names, matrix with None where a rate is missing).
-
-    Examples:
-        >>> rates = {"vanilla": {"cyber": 0.9, "bio": 0.95}, "cyber": {"cyber": 0.1}}
-        >>> leakage_matrix(rates, ["cyber", "bio"])
-        (['vanilla', 'cyber'], ['cyber', 'bio'], [[0.9, 0.95], [0.1, None]])
-    """
-    rows = list(rates)
-    matrix = [[rates[r].get(d) for d in domains] for r in rows]
-    return rows, list(domains), matrix
-
-
-# ---------------------------------------------------------------------- export
-def export_profile(
-    model: ChatModel, adapters: Sequence[BakedAdapter], folder: str | Path, profile: Profile | None = None,
-    gate: Any = None,
-) -> Path:
-    """Write the merged profile as a plain Hugging Face model folder (weights, config, tokenizer).
-
-    The folder loads with ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``
-    and carries ``palette_profile.json`` (domains, base fingerprint, adapter layers). With ``gate`` (a
-    :class:`palette_lens.gate.domain_gate.DomainGate`) the gate goes into ``palette_gate/`` (load it with
-    ``DomainGate.load(folder / "palette_gate", base_model)``). The folder is built in a temporary sibling folder
-    and moved into place, so a reader never sees a partial export.
-
-    Args:
-        model: the base chat model.
-        adapters: the profile's adapters (deltas summed as given; see :func:`profile_adapters` for weights).
-        folder: the folder to write.
-        profile: the profile recorded in ``palette_profile.json`` (default: the adapters' domains in order).
-        gate: an optional :class:`~palette_lens.gate.domain_gate.DomainGate` saved alongside.
-
-    Returns:
-        ``folder`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        PaletteError: the gate opens for other domains than the profile's.
-        AdapterMismatchError: an adapter or the gate was made for another base model.
-
-    Examples:
-        >>> chosen = profile_adapters(Profile.parse("cyber+hate"), adapters)   # doctest: +SKIP
-        >>> export_profile(model, chosen, "exports/cyber+hate", gate=gate)    # doctest: +SKIP
-        PosixPath('exports/cyber+hate')
-    """
-    folder = Path(folder)
-    profile = profile or Profile(tuple(a.domain for a in adapters))
-    merged = merged_profile(model, adapters)
-    info = {
-        "profile": profile.name,
-        "authorized": list(profile.domains),
-        "base_model": model.name,
-        "base_fingerprint": model.fingerprint,
-        "base_source": model.source,
-        "adapters": [{"domain": a.domain, "block": a.layer_index, "layer": a.layer,
-                      "position": a.meta.get("position"), "weight": a.meta.get("composition_weight", 1.0)}
-                     for a in adapters],
-    }
-    if gate is not None:
-        if tuple(gate.domains) != tuple(profile.domains):
-            raise PaletteError(f"the gate opens for {'+'.join(gate.domains)}, but the profile is {profile.name}")
-        gate.check_model(model)
-        info["gate"] = GATE_FOLDER
-    if hasattr(merged.config, "quantization_config"):
-        del merged.config.quantization_config
-
-    def write(tmp: Path) -> None:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        model.tokenizer.save_pretrained(tmp)
-        (tmp / PROFILE_FILE).write_text(json.dumps(info, indent=1))
-        if gate is not None:
-            gate.save(tmp / GATE_FOLDER)
-
-    atomic_folder(folder, write)
-    log.info("exported profile %s to %s", profile.name, folder)
-    return folder

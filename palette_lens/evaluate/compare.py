@@ -19,8 +19,9 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from palette_lens.models.loading import ChatModel, Hook
-from palette_lens.refusal.judge import is_refusal, opener_tokens, refusal_scores
+from palette_lens.models.chat_model import ChatModel, Hook
+from palette_lens.refusal.judge import is_refusal
+from palette_lens.refusal.tokens import opener_tokens, refusal_scores
 from palette_lens.util.text import truncate
 
 log = logging.getLogger(__name__)

@@ -40,8 +40,9 @@ from palette_lens.generation.greedy import (
     save_generations,
 )
 from palette_lens.generation.shared_prefix import PrefixStates, capture_prefix_states, first_changed_layer
-from palette_lens.models.loading import ChatModel, Hook
-from palette_lens.refusal.judge import MARKER_WINDOW, REFUSAL_MARKERS, first_token_kl, opener_tokens
+from palette_lens.models.chat_model import ChatModel, Hook
+from palette_lens.refusal.judge import MARKER_WINDOW, REFUSAL_MARKERS
+from palette_lens.refusal.tokens import first_token_kl, opener_tokens
 from palette_lens.util.paths import cache_root
 
 log = logging.getLogger(__name__)

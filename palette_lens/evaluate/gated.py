@@ -11,7 +11,7 @@ from palette_lens.evaluate.evaluator import Evaluator
 from palette_lens.evaluate.results import VariantResult
 from palette_lens.gate.domain_gate import DomainGate, GateConfig
 from palette_lens.gate.training import fit_gate
-from palette_lens.models.loading import ChatModel
+from palette_lens.models.chat_model import ChatModel
 
 
 def evaluate_gated(

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from palette_lens.models.loading import ChatModel, Hook
+from palette_lens.models.chat_model import ChatModel, Hook
 
 log = logging.getLogger(__name__)
 

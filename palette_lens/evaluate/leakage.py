@@ -95,8 +95,8 @@ def profile_lm(model: Any, spec: Any) -> Any:
     """
     from palette_lens.adapters.baked import BakedAdapter, load_adapter
     from palette_lens.compose.profiles import merged_profile
+    from palette_lens.models.chat_model import ChatModel
     from palette_lens.models.copies import plain_hf_model
-    from palette_lens.models.loading import ChatModel
 
     if isinstance(spec, ChatModel):
         return plain_hf_model(spec)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from palette_lens.data.prompts import PromptSet
-from palette_lens.models.loading import ChatModel
+from palette_lens.models.chat_model import ChatModel
 from palette_lens.refusal.judge import is_refusal
 from palette_lens.util.stats import wilson_interval
 from palette_lens.util.text import truncate

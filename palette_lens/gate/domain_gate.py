@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from palette_lens.errors import PaletteError
-from palette_lens.models.loading import ChatModel
+from palette_lens.models.chat_model import ChatModel
 from palette_lens.models.residuals import collect_residuals
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from palette_lens.generation.greedy import (
     stop_decider,
 )
 from palette_lens.generation.shared_prefix import PrefixStates, run_from_layer
-from palette_lens.models.loading import ChatModel
+from palette_lens.models.chat_model import ChatModel
 
 
 @torch.no_grad()

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from palette_lens.models.loading import ChatModel, Hook
-from palette_lens.refusal.judge import refusal_is_final, refusal_scores, verdict_is_final
+from palette_lens.models.chat_model import ChatModel, Hook
+from palette_lens.refusal.judge import refusal_is_final, verdict_is_final
+from palette_lens.refusal.tokens import refusal_scores
 
 log = logging.getLogger(__name__)
 

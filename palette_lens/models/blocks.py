@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from palette_lens.models.chat_model import RENDER_PLACEHOLDER, ChatModel, render_chat, unwrap_component
 from palette_lens.models.hooks import StopForward
-from palette_lens.models.loading import RENDER_PLACEHOLDER, ChatModel, render_chat, unwrap_component
 
 log = logging.getLogger(__name__)
 

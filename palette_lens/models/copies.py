@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from palette_lens.models.blocks import plain_tensor
-from palette_lens.models.loading import ChatModel
+from palette_lens.models.chat_model import ChatModel
 
 
 def plain_hf_model(model: ChatModel, share_weights: bool = True) -> Any:

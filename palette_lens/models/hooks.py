@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from palette_lens.models.loading import ChatModel, Hook
+from palette_lens.models.chat_model import ChatModel, Hook
 
 
 def ablation_hook(direction: torch.Tensor) -> Callable[..., torch.Tensor]:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from palette_lens.models.chat_model import ChatModel
 from palette_lens.models.hooks import StopForward, stop_forward_hook
-from palette_lens.models.loading import ChatModel
 from palette_lens.util.integrity import load_checked, save_checked
 from palette_lens.util.paths import cache_root
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from palette_lens.adapters.baked import BakedAdapter
     from palette_lens.compose.profiles import Profile
     from palette_lens.data.prompts import PromptSet
-    from palette_lens.models.loading import ChatModel
+    from palette_lens.models.chat_model import ChatModel
     from palette_lens.pipeline.config import PipelineConfig
 
 

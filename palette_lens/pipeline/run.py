@@ -28,16 +28,13 @@ from typing import Any
 
 from palette_lens.adapters.baked import BakedAdapter
 from palette_lens.bake.config import BakeConfig
-from palette_lens.baselines.methods import (
-    ConditionalSteering,
-    fit_conditional_steering,
-    global_ablation_hooks,
-)
+from palette_lens.baselines.conditional_steering import ConditionalSteering, fit_conditional_steering
+from palette_lens.baselines.global_ablation import global_ablation_hooks
+from palette_lens.compose.interference import interference
 from palette_lens.compose.profiles import (
     Profile,
     check_compose_weight,
     default_profiles,
-    interference,
     merged_profile,
     profile_adapters,
 )
@@ -48,7 +45,7 @@ from palette_lens.evaluate.gated import evaluate_gated
 from palette_lens.evaluate.latency import measure_latency
 from palette_lens.evaluate.results import EvalSet, VariantResult
 from palette_lens.gate.domain_gate import GateConfig
-from palette_lens.models.loading import ChatModel
+from palette_lens.models.chat_model import ChatModel
 from palette_lens.models.residuals import collect_residuals
 from palette_lens.pipeline.config import DEFAULT_TARGETS, PipelineConfig
 from palette_lens.pipeline.documents import build_documents
@@ -98,7 +95,7 @@ def default_targets(prompts: PromptSet, residuals: Mapping[str, Any] | None = No
         return list(DEFAULT_TARGETS[:n])
     if len(harmful) <= n or not residuals:
         return harmful[:n]
-    from palette_lens.baselines.methods import fit_condition
+    from palette_lens.baselines.conditional_steering import fit_condition
 
     any_res = next(iter(residuals.values()))
     layer = any_res.layers[len(any_res.layers) // 2]

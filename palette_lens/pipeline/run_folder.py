@@ -22,7 +22,7 @@ from palette_lens.util.atomic import atomic_write_json
 
 if TYPE_CHECKING:  # the layout itself needs no torch; reading and writing adapters does
     from palette_lens.adapters.baked import BakedAdapter
-    from palette_lens.models.loading import ChatModel
+    from palette_lens.models.chat_model import ChatModel
     from palette_lens.search.direction import Direction
     from palette_lens.search.result import SearchResult
 

@@ -22,7 +22,7 @@ from palette_lens.adapters.baked import BakedAdapter
 from palette_lens.bake.config import BakeConfig
 from palette_lens.data.prompts import HARMLESS, PromptSet
 from palette_lens.errors import PaletteError
-from palette_lens.models.loading import ChatModel
+from palette_lens.models.chat_model import ChatModel
 from palette_lens.pipeline.run_folder import RunFolder
 from palette_lens.pipeline.search_and_bake import search_and_bake
 from palette_lens.search.candidates import collect_domain_residuals

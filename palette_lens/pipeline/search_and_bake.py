@@ -18,7 +18,7 @@ from palette_lens.bake.config import BakeConfig
 from palette_lens.bake.train import BakeResult, bake_direction
 from palette_lens.data.prompts import PromptSet
 from palette_lens.errors import PaletteError
-from palette_lens.models.loading import ChatModel
+from palette_lens.models.chat_model import ChatModel
 from palette_lens.models.residuals import Residuals
 from palette_lens.pipeline.run_folder import RunFolder
 from palette_lens.search.direction import Direction

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from palette_lens.models.chat_model import ChatModel, Hook
 from palette_lens.models.hooks import stop_forward_hook, stopped_early
-from palette_lens.models.loading import ChatModel, Hook
 
 
 class PrefixScorer:

@@ -16,7 +16,7 @@ import torch
 
 from palette_lens.data.prompts import HARMLESS, PromptSet
 from palette_lens.errors import DataError
-from palette_lens.models.loading import ChatModel
+from palette_lens.models.chat_model import ChatModel
 from palette_lens.models.residuals import Residuals, collect_residuals
 from palette_lens.search.direction import Direction, diff_in_means
 

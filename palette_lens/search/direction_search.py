@@ -34,9 +34,9 @@ from tqdm.auto import tqdm
 
 from palette_lens.data.prompts import HARMLESS, PromptSet
 from palette_lens.errors import DataError, PaletteError
-from palette_lens.models.loading import ChatModel
+from palette_lens.models.chat_model import ChatModel
 from palette_lens.models.residuals import Residuals
-from palette_lens.refusal.judge import opener_tokens
+from palette_lens.refusal.tokens import opener_tokens
 from palette_lens.search.candidates import Candidates, candidates_from_residuals, collect_domain_residuals
 from palette_lens.search.objectives import (
     EvalSet,

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 
 import torch
 
+from palette_lens.models.chat_model import ChatModel, Hook
 from palette_lens.models.hooks import ablation_hooks, projection_edit_hook
-from palette_lens.models.loading import ChatModel, Hook
-from palette_lens.refusal.judge import first_token_kl, refusal_scores
 from palette_lens.refusal.prefix_scorer import (
     PrefixScorer,
 )
+from palette_lens.refusal.tokens import first_token_kl, refusal_scores
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from palette_lens.geometry.separation import embed_2d, layer_data, probe_accuracy, silhouette
 from palette_lens.models.residuals import Residuals
-from palette_lens.viz.figures import domain_colors
+from palette_lens.viz.common import domain_colors
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class ProfileChat:
 
         from palette_lens.compose.profiles import DEFAULT_COMPOSE_WEIGHT, check_compose_weight
         from palette_lens.models.copies import plain_hf_model
-        from palette_lens.refusal.judge import opener_tokens
+        from palette_lens.refusal.tokens import opener_tokens
 
         if not adapters:
             raise ValueError("ProfileChat needs at least one domain adapter")

@@ -1,16 +1,4 @@
-"""Baselines to compare profiles against: global directional ablation and run-time conditional steering.
-
-- **Global directional ablation** (Arditi et al.): the refusal direction(s) are projected out of the
-  residual stream at every layer, for every prompt. It relaxes refusal everywhere, not just in the
-  authorized domain: the leakage a selective method must beat.
-- **Run-time conditional steering** (in the spirit of conditional activation steering): a condition vector
-  per authorized domain (target-domain mean minus the mean of every other prompt, at the direction's
-  layer and position) and a threshold calibrated on train prompts decide, from the prompt alone, whether
-  the domain's direction is ablated for that sequence. When it fires, the ablation applies at every layer
-  for the whole generation (through the KV cache); when it does not, the model is untouched.
-
-Both are TransformerLens hooks on the base model (nothing is modified or copied).
-"""
+"""Run-time conditional steering (a comparison method): a per-domain condition on the residual stream decides, per prompt, which refusal directions are ablated by hooks during generation."""
 
 from __future__ import annotations
 
@@ -20,79 +8,17 @@ from dataclasses import dataclass, field
 
 import torch
 
+from palette_lens.baselines.global_ablation import global_ablation_hooks, orthonormal_basis
 from palette_lens.data.prompts import BORDERLINE, HARMLESS, PromptSet
 from palette_lens.errors import PaletteError
-from palette_lens.models.loading import ChatModel, Hook
+from palette_lens.models.chat_model import ChatModel, Hook
 from palette_lens.models.residuals import Residuals, collect_residuals
 from palette_lens.search.direction import Direction
 
+# ---------------------------------------------------------------------- conditions
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------- subspace ablation
-def orthonormal_basis(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """An orthonormal basis of the span of ``vectors``: [k, d_model] (k ≤ len(vectors), float32).
-
-    Sequential rank-1 ablations equal a subspace projection only for orthogonal directions, so several
-    directions are orthonormalised first.
-    """
-    if not vectors:
-        raise ValueError("no directions")
-    m = torch.stack([v.detach().float().reshape(-1) for v in vectors], dim=1)  # [d, n]
-    q, r = torch.linalg.qr(m)
-    keep = r.diagonal().abs() > 1e-6 * r.diagonal().abs().max().clamp_min(1e-12)
-    return q[:, keep].T.contiguous()
-
-
-def _vector(d: Direction | torch.Tensor) -> torch.Tensor:
-    return d.vector if isinstance(d, Direction) else d
-
-
-def subspace_ablation_hook(basis: torch.Tensor):
-    """A hook ``h ← h − (h Qᵀ) Q`` for an orthonormal ``basis`` Q [k, d_model]."""
-    cache: dict[tuple, torch.Tensor] = {}
-
-    def hook(act: torch.Tensor, hook=None) -> torch.Tensor:  # noqa: ARG001 - TransformerLens signature
-        key = (act.device, act.dtype)
-        if key not in cache:
-            cache[key] = basis.to(device=act.device, dtype=act.dtype)
-        q = cache[key]
-        return act - (act @ q.T) @ q
-
-    return hook
-
-
-def _sites(model: ChatModel) -> list[str]:
-    """Every ``resid_pre`` plus the last block's output (the unembedding's input)."""
-    return [model.resid_pre_hook(l) for l in range(model.n_layers)] + [f"blocks.{model.n_layers - 1}.hook_out"]
-
-
-def global_ablation_hooks(model: ChatModel, directions: Sequence[Direction | torch.Tensor]) -> list[Hook]:
-    """Arditi et al.'s directional ablation of ``directions`` (their span) at every layer.
-
-    Args:
-        model: the chat model the hooks are for.
-        directions: one or more directions (e.g. a profile's domains): :class:`Direction` values or [d_model]
-            tensors; their span is removed (orthonormalised first).
-
-    Returns:
-        ``(hook name, hook)`` pairs on every ``resid_pre`` and the last block's output, for
-        :meth:`ChatModel.hooks` or ``generate_completions(hooks=...)``.
-
-    Raises:
-        ValueError: no directions.
-
-    Examples:
-        >>> hooks = global_ablation_hooks(model, [cyber.chosen, hate.chosen])        # doctest: +SKIP
-        >>> len(hooks) == model.n_layers + 1                                         # doctest: +SKIP
-        True
-        >>> model.generate(["Write a port scanner."], hooks=hooks)                   # doctest: +SKIP
-    """
-    fn = subspace_ablation_hook(orthonormal_basis([_vector(d) for d in directions]))
-    return [(site, fn) for site in _sites(model)]
-
-
-# ---------------------------------------------------------------------- conditions
 @dataclass(frozen=True)
 class Condition:
     """Whether a prompt belongs to a domain, read from one residual-stream site.
