@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_export_folder(path: str | Path) -> Path:
     """``--export DIR``: new, an empty folder or an earlier export (it is replaced as a whole, atomically)."""
-    from palette_lens.compose.profiles import PROFILE_FILE
+    from palette_lens.compose.export import PROFILE_FILE
 
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
