@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name == f"palette_lens.cli.{module_name}":
                 continue  # command not available in this build
             raise
-        doc = (module.__doc__ or help_text).split("\n\n", 1)
+        text = re.sub(r":\w+:`([^`]*)`", r"\1", (module.__doc__ or help_text).replace("``", ""))  # no reST markup
+        doc = text.split("\n\n", 1)
         p = sub.add_parser(name, help=help_text, description=doc[1].strip() if len(doc) > 1 else help_text,
                            parents=[verbose], formatter_class=HelpFormatter, epilog=EPILOG)
         module.add_arguments(p)
