@@ -448,7 +448,7 @@ def test_an_out_folder_that_is_not_a_palette_lens_output_is_refused(builtin, tmp
 
 
 def test_an_earlier_output_or_an_empty_folder_is_accepted(builtin, tmp_path, monkeypatch):
-    from palette_lens.cli.common import check_output_folder
+    from palette_lens.cli.checks import check_output_folder
 
     (tmp_path / "empty").mkdir()
     run = _fake_run(tmp_path / "run", "cyber")

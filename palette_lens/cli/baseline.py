@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 
-from palette_lens.cli.common import (
+from palette_lens.cli.checks import check_output_folder
+from palette_lens.cli.common import echo, load_data_from_args, load_model_from_args
+from palette_lens.cli.options import (
     add_data_arguments,
     add_limit_argument,
     add_model_arguments,
     add_output_argument,
-    check_output_folder,
-    echo,
-    load_data_from_args,
-    load_model_from_args,
-    positive_int,
 )
+from palette_lens.cli.value_types import positive_int
 from palette_lens.pipeline.run_folder import RunFolder
 from palette_lens.util.atomic import atomic_write_json, atomic_write_text
 

@@ -14,24 +14,23 @@ import argparse
 import json
 from pathlib import Path
 
-from palette_lens.cli.common import (
-    add_compose_weight_argument,
-    add_config_argument,
-    add_data_arguments,
-    add_gate_arguments,
-    add_model_arguments,
-    add_output_argument,
+from palette_lens.cli.checks import (
     check_adapter_inputs,
     check_data_args,
     check_gate_flags_need_gate,
     check_output_file,
     check_output_folder,
     check_profiles_have,
-    echo,
-    gate_config_from_args,
-    load_data_from_args,
-    load_model_from_args,
     parse_profile,
+)
+from palette_lens.cli.common import echo, gate_config_from_args, load_data_from_args, load_model_from_args
+from palette_lens.cli.options import (
+    add_compose_weight_argument,
+    add_config_argument,
+    add_data_arguments,
+    add_gate_arguments,
+    add_model_arguments,
+    add_output_argument,
 )
 from palette_lens.errors import PaletteError
 from palette_lens.pipeline.run_folder import RunFolder

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from palette_lens.cli.common import add_model_arguments
+from palette_lens.cli.options import add_model_arguments
 from palette_lens.cli.run import add_pipeline_arguments, execute
 
 

@@ -9,15 +9,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from palette_lens.cli.common import (
-    add_data_arguments,
-    add_model_arguments,
-    check_adapter_inputs,
-    check_output_folder,
-    check_profiles_have,
-    load_data_from_args,
-    load_model_from_args,
-)
+from palette_lens.cli.checks import check_adapter_inputs, check_output_folder, check_profiles_have
+from palette_lens.cli.common import load_data_from_args, load_model_from_args
+from palette_lens.cli.options import add_data_arguments, add_model_arguments
 from palette_lens.cli.run import add_pipeline_arguments, parse_profiles, pipeline_config, summarize
 
 

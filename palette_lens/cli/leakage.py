@@ -16,26 +16,24 @@ import json
 import logging
 from pathlib import Path
 
-from palette_lens.cli.common import (
+from palette_lens.cli.checks import (
+    check_folder_input,
+    check_gate_flags_need_gate,
+    check_output_file,
+    check_output_folder,
+    parse_profile,
+)
+from palette_lens.cli.common import echo, gate_config_from_args, load_data_from_args, load_model_from_args
+from palette_lens.cli.options import (
     add_config_argument,
     add_data_arguments,
     add_gate_arguments,
     add_limit_argument,
     add_model_arguments,
     add_no_cache_argument,
-    check_folder_input,
-    check_gate_flags_need_gate,
-    check_output_file,
-    check_output_folder,
-    echo,
-    gate_config_from_args,
-    integer,
-    load_data_from_args,
-    load_model_from_args,
-    parse_profile,
-    positive_int,
     warn,
 )
+from palette_lens.cli.value_types import integer, positive_int
 from palette_lens.pipeline.run_folder import RunFolder
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,10 @@ import logging
 import time
 from pathlib import Path
 
-from palette_lens.cli.common import (
+from palette_lens.cli.checks import check_output_folder, check_profiles_have, parse_profile
+from palette_lens.cli.common import echo, gate_settings_from_args, load_data_from_args, load_model_from_args
+from palette_lens.cli.config_file import config_from_args
+from palette_lens.cli.options import (
     add_compose_weight_argument,
     add_config_argument,
     add_data_arguments,
@@ -22,16 +25,8 @@ from palette_lens.cli.common import (
     add_model_arguments,
     add_no_cache_argument,
     add_output_argument,
-    check_output_folder,
-    check_profiles_have,
-    config_from_args,
-    echo,
-    gate_settings_from_args,
-    load_data_from_args,
-    load_model_from_args,
-    parse_profile,
-    positive_int,
 )
+from palette_lens.cli.value_types import positive_int
 from palette_lens.errors import PaletteError
 from palette_lens.pipeline.run_folder import RunFolder
 

@@ -8,19 +8,10 @@ import logging
 import time
 from pathlib import Path
 
-from palette_lens.cli.common import (
-    add_data_arguments,
-    add_model_arguments,
-    add_output_argument,
-    check_output_folder,
-    echo,
-    fraction,
-    load_data_from_args,
-    load_model_from_args,
-    non_negative_int,
-    positive_float,
-    positive_int,
-)
+from palette_lens.cli.checks import check_output_folder
+from palette_lens.cli.common import echo, load_data_from_args, load_model_from_args
+from palette_lens.cli.options import add_data_arguments, add_model_arguments, add_output_argument
+from palette_lens.cli.value_types import fraction, non_negative_int, positive_float, positive_int
 from palette_lens.errors import PaletteError
 from palette_lens.pipeline.run_folder import RunFolder
 from palette_lens.util.atomic import atomic_write_text
