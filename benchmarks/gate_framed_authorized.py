@@ -31,7 +31,7 @@ def main() -> None:
     from palette_lens.evaluate.evaluator import EvalConfig, Evaluator
     from palette_lens.evaluate.leakage import profile_lm
     from palette_lens.evaluate.results import EvalSet
-    from palette_lens.gate.domain_gate import GateConfig
+    from palette_lens.gate.config import GateConfig
     from palette_lens.gate.training import fit_gate
     from palette_lens.models.loading import load_model
     from palette_lens.pipeline.run_folder import RunFolder

@@ -43,7 +43,8 @@ def collect(limit: int) -> tuple[np.ndarray, list[tuple[str, str, str | None]], 
     from palette_lens.data.attacks import attacks_from_prompt_set
     from palette_lens.data.augment import adversarial_negatives
     from palette_lens.data.prompts import load_prompts
-    from palette_lens.gate.domain_gate import default_gate_layer, gate_features
+    from palette_lens.gate.config import default_gate_layer
+    from palette_lens.gate.features import gate_features
     from palette_lens.models.loading import load_model
 
     model, prompts = load_model(), load_prompts()

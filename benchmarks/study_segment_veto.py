@@ -50,7 +50,7 @@ def _groups(prompts, target: str, limit: int) -> dict[str, list[str]]:
 
 
 def _features(model, texts: list[str], layer: int, cache: dict[str, torch.Tensor]) -> torch.Tensor:
-    from palette_lens.gate.domain_gate import gate_features
+    from palette_lens.gate.features import gate_features
 
     todo = [t for t in dict.fromkeys(texts) if t not in cache]
     if todo:
@@ -61,7 +61,8 @@ def _features(model, texts: list[str], layer: int, cache: dict[str, torch.Tensor
 
 def main() -> None:
     from palette_lens.data.prompts import load_prompts
-    from palette_lens.gate.domain_gate import GateConfig, default_gate_layer, prompt_segments
+    from palette_lens.gate.config import GateConfig, default_gate_layer
+    from palette_lens.gate.features import prompt_segments
     from palette_lens.gate.training import fit_gate
     from palette_lens.models.loading import load_model
 

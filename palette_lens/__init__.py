@@ -93,7 +93,7 @@ _EXPORTS: dict[str, str] = {
     "interference": "palette_lens.compose.interference",
     "leakage_matrix": "palette_lens.compose.interference",
     "export_profile": "palette_lens.compose.export",
-    "GateConfig": "palette_lens.gate.domain_gate",
+    "GateConfig": "palette_lens.gate.config",
     "DomainGate": "palette_lens.gate.domain_gate",
     "generate_gated": "palette_lens.gate.domain_gate",
     "fit_gate": "palette_lens.gate.training",
@@ -320,7 +320,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names are impo
     from palette_lens.evaluate.leakage import AttackConfig, measure_leakage
     from palette_lens.evaluate.results import EvalSet, VariantResult
     from palette_lens.evaluate.vanilla import baseline_refusal
-    from palette_lens.gate.domain_gate import DomainGate, GateConfig, generate_gated
+    from palette_lens.gate.config import GateConfig
+    from palette_lens.gate.domain_gate import DomainGate, generate_gated
     from palette_lens.gate.training import fit_gate
     from palette_lens.generation.greedy import Generations, generate_completions
     from palette_lens.geometry.separation import layer_separation, separation_table, tsne_layers

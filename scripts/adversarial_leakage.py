@@ -29,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from palette_lens.data.attacks import LEAKAGE_BUDGET_PTS, MIXED_TEMPLATES, PROFESSIONS, ROLEPLAY_TEMPLATES
+from palette_lens.data.attack_templates import MIXED_TEMPLATES, PROFESSIONS, ROLEPLAY_TEMPLATES
+from palette_lens.data.attacks import LEAKAGE_BUDGET_PTS
 from palette_lens.data.augment import augment_prompt_set
 from palette_lens.evaluate.leakage import AttackConfig, measure_leakage
 from palette_lens.evaluate.leakage_table import LeakageTable

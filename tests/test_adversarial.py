@@ -8,12 +8,14 @@ import json
 import pytest
 from helpers import LEAKAGE_TOPICS, random_adapter, toy_direction, toy_prompts, write_jsonl
 
-from palette_lens.data.attacks import (
-    ATTACK_KINDS,
+from palette_lens.data.attack_templates import (
     MIXED_TEMPLATES,
     PROFESSION_TEMPLATES,
     PROFESSIONS,
     ROLEPLAY_TEMPLATES,
+)
+from palette_lens.data.attacks import (
+    ATTACK_KINDS,
     AttackPrompt,
     attacks_from_prompt_set,
     build_attacks,

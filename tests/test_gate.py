@@ -15,13 +15,9 @@ from palette_lens.errors import PaletteError, UnknownDomainError
 from palette_lens.evaluate.evaluator import EvalConfig, Evaluator
 from palette_lens.evaluate.leakage import AttackConfig, measure_leakage
 from palette_lens.evaluate.results import EvalSet
-from palette_lens.gate.domain_gate import (
-    GATE_FILE,
-    DomainGate,
-    GateConfig,
-    default_gate_layer,
-    prompt_segments,
-)
+from palette_lens.gate.config import GateConfig, default_gate_layer
+from palette_lens.gate.domain_gate import GATE_FILE, DomainGate
+from palette_lens.gate.features import prompt_segments
 from palette_lens.gate.training import fit_gate, gate_training_examples, gate_training_prompts
 
 
@@ -82,7 +78,7 @@ def test_training_prompts_label_the_authorized_domain_open_and_never_use_the_tes
 
 
 def test_authorized_variants_frame_the_authorized_prompts_as_their_profession_and_label_them_open(toy):
-    from palette_lens.data.attacks import PROFESSIONS
+    from palette_lens.data.attack_templates import PROFESSIONS
 
     plain_texts, plain_names = gate_training_examples(toy, ("cyber",), GateConfig(authorized_variants=()))
     texts, names = gate_training_examples(toy, ("cyber",))  # the default adds them

@@ -26,9 +26,9 @@ def _kind_list(text: str) -> tuple[str, ...]:
 
 
 def gate_settings_from_args(args: argparse.Namespace) -> dict:
-    """The :class:`~palette_lens.gate.domain_gate.GateConfig` overrides of ``[gate]`` in ``--config`` and the
+    """The :class:`~palette_lens.gate.config.GateConfig` overrides of ``[gate]`` in ``--config`` and the
     ``--gate-*`` flags (the flags win), checked by building the config (a bad setting is a PaletteError)."""
-    from palette_lens.gate.domain_gate import GateConfig
+    from palette_lens.gate.config import GateConfig
 
     settings: dict = dict(config_from_args(args).get("gate", {}))
     for key, flag in (("layer", "gate_layer"), ("threshold", "gate_threshold"), ("probe", "gate_probe")):
@@ -59,12 +59,12 @@ def gate_settings_from_args(args: argparse.Namespace) -> dict:
 
 
 def gate_config_from_args(args: argparse.Namespace):
-    """The :class:`palette_lens.gate.domain_gate.GateConfig` of ``--gate`` (checked before the model loads), or None.
+    """The :class:`palette_lens.gate.config.GateConfig` of ``--gate`` (checked before the model loads), or None.
 
-    Settings not given keep :class:`~palette_lens.gate.domain_gate.GateConfig`'s defaults; a binary probe has no segment veto
+    Settings not given keep :class:`~palette_lens.gate.config.GateConfig`'s defaults; a binary probe has no segment veto
     unless one is asked for (and then it is an error).
     """
-    from palette_lens.gate.domain_gate import GateConfig
+    from palette_lens.gate.config import GateConfig
 
     if not args.gate:
         return None

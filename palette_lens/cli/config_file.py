@@ -12,7 +12,7 @@ from palette_lens.errors import PaletteError
 #: section -> (module, class, the class as the docs name it)
 CONFIG_SECTIONS: dict[str, tuple[str, str, str]] = {
     "bake": ("palette_lens.bake.config", "BakeConfig", "BakeConfig"),
-    "gate": ("palette_lens.gate.domain_gate", "GateConfig", "GateConfig"),
+    "gate": ("palette_lens.gate.config", "GateConfig", "GateConfig"),
 }
 
 

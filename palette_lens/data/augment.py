@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
+from palette_lens.data.attack_templates import PROFESSIONS
 from palette_lens.data.attacks import (
     ATTACK_KINDS,
-    PROFESSIONS,
     AttackPrompt,
     as_domain_tuple,
     mixed_with_target,

@@ -9,7 +9,8 @@ from typing import Any
 from palette_lens.data.prompts import PromptSet
 from palette_lens.evaluate.evaluator import Evaluator
 from palette_lens.evaluate.results import VariantResult
-from palette_lens.gate.domain_gate import DomainGate, GateConfig
+from palette_lens.gate.config import GateConfig
+from palette_lens.gate.domain_gate import DomainGate
 from palette_lens.gate.training import fit_gate
 from palette_lens.models.chat_model import ChatModel
 

@@ -13,7 +13,9 @@ import torch
 
 from palette_lens.data.prompts import PromptSet
 from palette_lens.errors import PaletteError
-from palette_lens.gate.domain_gate import DomainGate, GateConfig, default_gate_layer, gate_features
+from palette_lens.gate.config import GateConfig, default_gate_layer
+from palette_lens.gate.domain_gate import DomainGate
+from palette_lens.gate.features import gate_features
 from palette_lens.models.chat_model import ChatModel
 
 log = logging.getLogger(__name__)

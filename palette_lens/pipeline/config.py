@@ -34,7 +34,7 @@ class PipelineConfig:
             in full, so it is the most expensive variant).
         gate_profiles: profiles also evaluated behind a domain gate (:mod:`palette_lens.gate.domain_gate`; "none" to skip),
             reported as the ``domain_gate`` baseline; the gates are saved under ``gates/<profile>/``.
-        gate: overrides of :class:`palette_lens.gate.domain_gate.GateConfig`.
+        gate: overrides of :class:`palette_lens.gate.config.GateConfig`.
         n_train: train prompts per domain for residuals / conditions (None: all).
         search: overrides of :class:`palette_lens.search.result.SearchConfig`.
         bake: overrides of :class:`palette_lens.bake.config.BakeConfig`.

@@ -44,7 +44,7 @@ from palette_lens.evaluate.evaluator import EvalConfig, Evaluator
 from palette_lens.evaluate.gated import evaluate_gated
 from palette_lens.evaluate.latency import measure_latency
 from palette_lens.evaluate.results import EvalSet, VariantResult
-from palette_lens.gate.domain_gate import GateConfig
+from palette_lens.gate.config import GateConfig
 from palette_lens.models.chat_model import ChatModel
 from palette_lens.models.residuals import collect_residuals
 from palette_lens.pipeline.config import DEFAULT_TARGETS, PipelineConfig
