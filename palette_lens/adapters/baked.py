@@ -27,7 +27,7 @@ from palette_lens.models.blocks import plain_tensor
 from palette_lens.models.chat_model import ChatModel
 from palette_lens.models.loading import weights_fingerprint
 from palette_lens.util.atomic import atomic_folder
-from palette_lens.util.integrity import file_sha256
+from palette_lens.util.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 

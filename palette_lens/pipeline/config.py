@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from palette_lens.compose.profiles import DEFAULT_COMPOSE_WEIGHT
+
+if TYPE_CHECKING:
+    from palette_lens.bake.config import BakeConfig
+    from palette_lens.search.result import SearchConfig
 
 #: the default model's three domains whose one-block adapters meet the bake floors (docs/results.md: cyber,
 #: disinformation and hate; bio relaxes but keeps chem, its neighbour, at 55–68%; violence keeps refusing 38–50%)
@@ -96,6 +100,18 @@ class PipelineConfig:
             quick=True,
         )
         return replace(base, **overrides)
+
+    def search_config(self) -> SearchConfig:
+        """The :class:`~palette_lens.search.result.SearchConfig` of this run's direction searches."""
+        from palette_lens.search.result import SearchConfig
+
+        return replace(SearchConfig(), **{"n_train": self.n_train, **self.search})
+
+    def bake_config(self) -> BakeConfig:
+        """The :class:`~palette_lens.bake.config.BakeConfig` of this run's bakes."""
+        from palette_lens.bake.config import BakeConfig
+
+        return replace(BakeConfig(), **self.bake)
 
     def to_dict(self) -> dict:
         d = asdict(self)

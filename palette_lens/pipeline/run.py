@@ -22,12 +22,11 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from palette_lens.adapters.baked import BakedAdapter
-from palette_lens.bake.config import BakeConfig
 from palette_lens.baselines.conditional_steering import ConditionalSteering, fit_conditional_steering
 from palette_lens.baselines.global_ablation import global_ablation_hooks
 from palette_lens.compose.interference import interference
@@ -52,7 +51,6 @@ from palette_lens.pipeline.documents import build_documents
 from palette_lens.pipeline.run_folder import RunFolder, direction_of
 from palette_lens.pipeline.search_and_bake import search_and_bake
 from palette_lens.search.direction import Direction
-from palette_lens.search.result import SearchConfig
 from palette_lens.util.atomic import atomic_write_json as write_json
 from palette_lens.util.atomic import atomic_write_text
 
@@ -82,6 +80,12 @@ class _Timer:
         finally:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 2)
             log.info("stage %s done in %.1f s", name, self.timings[name])
+
+
+def residual_domains(prompts: PromptSet) -> list[str]:
+    """The domains whose train residuals a run collects: every harmful domain, harmless, and borderline when
+    the data has it (the searches, the target choice and the steering conditions share them)."""
+    return [*prompts.harmful_domains, HARMLESS] + ([BORDERLINE] if BORDERLINE in prompts.by_domain else [])
 
 
 def default_targets(prompts: PromptSet, residuals: Mapping[str, Any] | None = None, n: int = 3) -> list[str]:
@@ -181,10 +185,9 @@ def run_pipeline(
     # residuals of every domain (train split): shared by the searches, target choice and conditions
     need_search = [t for t in config.targets if t not in adapters] or (not config.targets and not adapters)
     residuals: dict = {}
-    res_domains = [*harmful, HARMLESS] + ([BORDERLINE] if BORDERLINE in prompts.by_domain else [])
     if need_search or config.steering_profiles != "none":
         with timer.stage("residuals"):
-            residuals = collect_domain_residuals(model, prompts, res_domains, limit=config.n_train)
+            residuals = collect_domain_residuals(model, prompts, residual_domains(prompts), limit=config.n_train)
 
     targets = list(config.targets) or (list(adapters) or default_targets(prompts, residuals))
     for t in targets:
@@ -213,8 +216,7 @@ def run_pipeline(
     if to_bake:
         made = search_and_bake(
             model, prompts, to_bake, run,
-            search=replace(SearchConfig(), **{"n_train": config.n_train, **config.search}),
-            bake=replace(BakeConfig(), **config.bake),
+            search=config.search_config(), bake=config.bake_config(),
             residuals=residuals, stage=timer.stage, progress=progress,
         )
         directions.update(made.directions)

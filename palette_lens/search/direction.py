@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from palette_lens.errors import AdapterMismatchError, PaletteError
 from palette_lens.util.atomic import atomic_write, atomic_write_text
-from palette_lens.util.integrity import file_sha256
+from palette_lens.util.hashing import file_sha256
 
 
 @dataclass(frozen=True)

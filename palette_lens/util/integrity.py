@@ -23,15 +23,6 @@ log = logging.getLogger(__name__)
 _HASH_KEY = "palette_lens_sha256"
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def tensors_sha256(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> str:
     """sha256 over tensor names, dtypes, shapes and bytes (sorted by name), and the metadata."""
     digest = hashlib.sha256(json.dumps(dict(metadata or {}), sort_keys=True).encode())
