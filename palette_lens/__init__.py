@@ -122,6 +122,8 @@ _EXPORTS: dict[str, str] = {
     "load_run": "palette_lens.pipeline.runs",
     "make_run": "palette_lens.pipeline.runs",
     "load_or_make_run": "palette_lens.pipeline.runs",
+    "make_builtin_run": "palette_lens.pipeline.builtin",
+    "verify_builtin_run": "palette_lens.pipeline.builtin",
     "write_report": "palette_lens.report.html",
 }
 #: namespaces: ``pl.viz`` (plotly figures) and ``pl.widgets`` (ipywidgets for notebooks).
@@ -231,6 +233,8 @@ __all__ = [  # noqa: RUF022 - grouped by pipeline stage, as in _EXPORTS
     "load_run",
     "make_run",
     "load_or_make_run",
+    "make_builtin_run",
+    "verify_builtin_run",
     "write_report",
     "viz",
     "widgets",
@@ -333,6 +337,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names are impo
     from palette_lens.pipeline.config import PipelineConfig
     from palette_lens.pipeline.run import run_pipeline
     from palette_lens.pipeline.run_folder import RunFolder
+    from palette_lens.pipeline.builtin import make_builtin_run, verify_builtin_run
     from palette_lens.pipeline.runs import RunArtifacts, load_or_make_run, load_run, make_run
     from palette_lens.pipeline.search_and_bake import search_and_bake
     from palette_lens.refusal.judge import is_refusal, refusal_rate

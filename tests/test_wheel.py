@@ -1,4 +1,4 @@
-"""The wheel ships the built-in prompts: build it, install it in a fresh venv, load the prompts from there.
+"""The wheel ships the built-in prompts and the shipped run: build it, install it in a fresh venv, load from there.
 
 Also unit checks of ``builtin_data_dir()``'s order: ``$PALETTE_LENS_DATA``, the packaged copy, the checkout.
 """
@@ -28,8 +28,12 @@ CHILD = r"""
 import json, sys, sysconfig
 import palette_lens
 from palette_lens.data.prompts import builtin_data_dir, load_prompts
+from palette_lens.pipeline.builtin import builtin_run_dir, verify_builtin_run
+manifest = verify_builtin_run()  # every shipped file present and unchanged
 heavy = sorted(m for m in ("torch", "numpy", "transformers", "transformer_lens") if m in sys.modules)
 print(json.dumps({
+    "builtin_run": str(builtin_run_dir()),
+    "builtin_files": len(manifest["files"]),
     "counts": load_prompts().counts(),
     "data_dir": str(builtin_data_dir()),
     "package": palette_lens.__file__,
@@ -95,7 +99,10 @@ def test_wheel_ships_builtin_prompts_and_loads_them_outside_the_checkout(tmp_pat
     assert purelib.is_relative_to(target.resolve())
     assert Path(got["package"]).resolve().is_relative_to(purelib), got["package"]
     assert Path(got["data_dir"]).resolve() == purelib / "palette_lens" / "data" / "builtin"
-    assert got["heavy"] == [], "the prompt loader must need only the standard library"
+    assert got["heavy"] == [], "the prompt loader and the shipped run's check must need only the standard library"
+    shipped = REPO / "palette_lens" / "pipeline" / "builtin_run"
+    assert Path(got["builtin_run"]).resolve() == purelib / "palette_lens" / "pipeline" / "builtin_run"
+    assert got["builtin_files"] == len(json.loads((shipped / "manifest.json").read_text())["files"])
     assert set(got["counts"]) >= EXPECTED_DOMAINS
     assert got["counts"] == dict(_repo_counts())
 

@@ -10,25 +10,30 @@ make good ones.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from palette_lens.adapters.baked import BakedAdapter
 from palette_lens.bake.config import BakeConfig
 from palette_lens.data.prompts import HARMLESS, PromptSet
 from palette_lens.errors import PaletteError
 from palette_lens.models.chat_model import ChatModel
+from palette_lens.pipeline.builtin import builtin_run_dir, is_builtin, verify_builtin_run
 from palette_lens.pipeline.run_folder import RunFolder
 from palette_lens.pipeline.search_and_bake import search_and_bake
 from palette_lens.search.candidates import collect_domain_residuals
 from palette_lens.search.direction import Direction
 from palette_lens.search.result import SearchConfig
 from palette_lens.util.atomic import atomic_write_json
+
+if TYPE_CHECKING:
+    from palette_lens.gate.domain_gate import DomainGate
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +72,39 @@ class RunArtifacts:
     def domains(self) -> list[str]:
         return list(self.adapters)
 
+    def gate(self, domains: str | Sequence[str], model: ChatModel | None = None) -> DomainGate | None:
+        """The run's domain gate of a profile (``"cyber+hate"`` or its domains); None when the run has none.
+
+        Examples:
+            >>> gate = load_run(model=model).gate("cyber", model)               # doctest: +SKIP
+            >>> gate.opens(model, ["Write a keylogger."])                       # doctest: +SKIP
+            [True]
+        """
+        from palette_lens.gate.domain_gate import DomainGate
+
+        name = domains if isinstance(domains, str) else "+".join(domains)
+        folder = RunFolder(self.folder).gate_dir(name) if self.folder is not None else None
+        if folder is None or not folder.is_dir():
+            return None
+        return DomainGate.load(folder, model)
+
+    def bake_report(self, domain: str) -> dict[str, Any] | None:
+        """The ``bake.json`` of ``domain``'s adapter (timings, validation metrics, training history), or None."""
+        if self.folder is None or not RunFolder(self.folder).bake_json(domain).is_file():
+            return None
+        return json.loads(RunFolder(self.folder).bake_json(domain).read_text())
+
 
 def load_run(
-    folder: str | Path, model: ChatModel | None = None, domains: Sequence[str] | None = None
+    folder: str | Path | None = None, model: ChatModel | None = None, domains: Sequence[str] | None = None
 ) -> RunArtifacts:
-    """Read the adapters (and directions) of a run folder.
+    """Read the adapters (and directions) of a run folder, or of the run shipped with the package.
 
     Args:
-        folder: a folder written by ``palette-lens demo`` / ``run`` or :func:`make_run`.
+        folder: a folder written by ``palette-lens demo`` / ``run`` or :func:`make_run`; None or
+            ``"builtin"``: the embedded default model's shipped run (:mod:`palette_lens.pipeline.builtin`:
+            cyber, disinformation and hate, their gates and search results), whose files and model
+            fingerprint are checked before anything is read.
         model: when given, every adapter and direction is checked against it (raises
             :class:`palette_lens.errors.AdapterMismatchError` for another model).
         domains: the domains to read (default: every adapter in the folder).
@@ -84,12 +114,18 @@ def load_run(
 
     Raises:
         PaletteError: no adapters in the folder, or a requested domain is missing.
+        BuiltinRunError: the shipped run is damaged.
+        AdapterMismatchError: an adapter (or the shipped run) was made on another model.
 
     Examples:
+        >>> run = load_run(model=pl.load_model())  # the shipped run          # doctest: +SKIP
+        >>> run.domains, run.folder.name  # doctest: +SKIP
+        (['cyber', 'disinformation', 'hate'], 'builtin_run')
         >>> run = load_run("runs/demo", model)  # doctest: +SKIP
-        >>> run.domains  # doctest: +SKIP
-        ['cyber', 'disinformation', 'hate']
     """
+    if is_builtin(folder):
+        verify_builtin_run(model)
+        folder = builtin_run_dir()
     run = RunFolder(folder)
     have = run.adapter_domains()
     if not have:
@@ -183,7 +219,7 @@ def load_or_make_run(
     """Read ``run_dir`` when it is given (non-empty), otherwise :func:`make_run` the ``targets``.
 
     Args:
-        run_dir: a run folder, or None / "" to bake here.
+        run_dir: a run folder, ``"builtin"`` for the run shipped with the package, or None / "" to bake here.
         model: the base chat model.
         prompts: the prompt set (used only when baking).
         targets: domains needed; read from ``run_dir`` (all of its adapters when empty) or baked.
