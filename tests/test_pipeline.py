@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import TOPICS, toy_prompts, toy_records, write_jsonl
 
 from palette_lens.adapters.baked import load_adapter
@@ -241,3 +242,18 @@ def test_bad_profile_selections_and_gate_settings_fail_before_anything_is_writte
     with pytest.raises(PaletteError):
         run_pipeline(tiny_qwen, toy_prompts(TOPICS, 16), out, replace(TINY, **setting), progress=False)
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=lambda d: str(d).removeprefix("torch."))
+def test_pipeline_runs_in_low_precision_like_float32(dtype, tiny_run, tmp_path):
+    """The same tiny model cast to bfloat16 / float16 runs every stage (search, bake, compose, gate, evaluation,
+    baselines, latency) and finds the same sites as in float32."""
+    from palette_lens.models.tiny import tiny_chat_model
+
+    _, ref = tiny_run
+    model = tiny_chat_model("qwen2", seed=0, dtype=dtype)
+    res = run_pipeline(model, toy_prompts(TOPICS, 16), tmp_path, TINY, progress=False, report=False)
+    check_metrics_schema(res.metrics, list(TINY.targets), list(ref.metrics["profiles"]))
+    sites = {t: (a["layer"], a["position"]) for t, a in res.metrics["adapters"].items()}
+    assert sites == {t: (a["layer"], a["position"]) for t, a in ref.metrics["adapters"].items()}
+    assert next(model.hf_model.parameters()).dtype == dtype

@@ -283,14 +283,16 @@ def run_suffix(
     head = model.hf_model.get_output_embeddings()
     device = model.device
     dtype = next(model.hf_model.parameters()).dtype
+    first_dtype = next(first.parameters()).dtype  # a float32 training copy of a bf16 / fp16 block
     out = []
     for start in range(0, len(inputs), batch_size):
         idx = list(range(start, min(start + batch_size, len(inputs))))
         h, mask, _ = inputs.collate(idx)
-        h, mask = h.to(device=device, dtype=dtype), mask.to(device)
-        kwargs = block_kwargs(rotary.to(device), h, mask)
-        h = first(h, **kwargs)
+        h, mask = h.to(device=device, dtype=first_dtype), mask.to(device)
+        h = first(h, **block_kwargs(rotary.to(device), h, mask))
         h = h[0] if isinstance(h, tuple) else h
+        h = h.to(dtype)  # the remaining layers run in the model's own dtype
+        kwargs = block_kwargs(rotary.to(device), h, mask)
         for layer in rest:
             h = layer(h, **kwargs)
             h = h[0] if isinstance(h, tuple) else h

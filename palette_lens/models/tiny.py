@@ -78,7 +78,8 @@ def tiny_hf_model(style: str, vocab_size: int, seed: int = 0, n_layers: int = 3,
     return model.eval()
 
 
-def tiny_chat_model(style: str = "qwen2", seed: int = 0, n_layers: int = 3, d_model: int = 64):
+def tiny_chat_model(style: str = "qwen2", seed: int = 0, n_layers: int = 3, d_model: int = 64,
+                    dtype: torch.dtype = torch.float32):
     """A tiny :class:`palette_lens.models.loading.ChatModel` with random weights, built offline.
 
     Meant for tests, smoke checks and quick demos: its completions are noise, but every stage runs on it.
@@ -88,6 +89,7 @@ def tiny_chat_model(style: str = "qwen2", seed: int = 0, n_layers: int = 3, d_mo
         seed: the seed of the random weights.
         n_layers: the number of decoder blocks.
         d_model: the hidden size (the residual width).
+        dtype: the weights' dtype (the same random weights, cast from float32).
 
     Returns:
         A wrapped :class:`palette_lens.models.loading.ChatModel` named ``tiny-{style}``.
@@ -105,7 +107,7 @@ def tiny_chat_model(style: str = "qwen2", seed: int = 0, n_layers: int = 3, d_mo
     from palette_lens.models.loading import wrap_model
 
     tokenizer = tiny_tokenizer(style)
-    hf_model = tiny_hf_model(style, len(tokenizer), seed=seed, n_layers=n_layers, d_model=d_model)
+    hf_model = tiny_hf_model(style, len(tokenizer), seed=seed, n_layers=n_layers, d_model=d_model).to(dtype)
     adapter = "Qwen/Qwen2-0.5B-Instruct" if style == "qwen2" else "meta-llama/Llama-3.2-1B-Instruct"
     return wrap_model(hf_model, tokenizer, name=f"tiny-{style}", source=f"tiny:{style}:{seed}", adapter_name=adapter)
 
