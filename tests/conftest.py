@@ -63,17 +63,14 @@ def quick_demo_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def notebook_runs(quick_demo_dir, tmp_path_factory) -> dict:
-    """All five notebooks executed CI-sized once per session (adapters from the quick demo): name → run.
+def notebook_runs(default_model, tmp_path_factory) -> dict:
+    """All five notebooks executed CI-sized once per session (adapters: the shipped run): name → run.
 
     ``$PALETTE_LENS_RUN_DIR`` overrides the run folder the notebooks load their adapters from.
     """
     from palette_lens.notebooks import runner as nr
-    from palette_lens.pipeline.run_folder import RunFolder
 
-    run_dir = os.environ.get(nr.RUN_DIR_ENV) or str(quick_demo_dir)
-    if not set(nr.CI_RUN["targets"]) <= set(RunFolder(run_dir).adapter_domains()):
-        run_dir = None  # the runner makes its small CI run folder
+    run_dir = os.environ.get(nr.RUN_DIR_ENV) or None  # None: each notebook's default, run_dir = "builtin"
     out = tmp_path_factory.mktemp("executed")
     notebooks = Path(__file__).resolve().parents[1] / "notebooks"
     runs = nr.run_notebooks(notebooks, ci=True, run_dir=run_dir, out_dir=out)

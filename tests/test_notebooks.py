@@ -1,14 +1,15 @@
 """Notebooks: committed stripped with one papermill ``parameters`` cell; the runner; CI-sized execution.
 
 The integration test executes all five notebooks headless (CI-sized parameters) on the default model,
-with 03–05 reading one run folder made once per session (:func:`palette_lens.notebooks.runner.prepare_ci_run`,
-or the folder in ``$PALETTE_LENS_RUN_DIR``). The notebooks' own ``assert`` cells check the claims they
+with 03–05 reading the run shipped with the package (their default ``run_dir = "builtin"``, or the folder in
+``$PALETTE_LENS_RUN_DIR``). The notebooks' own ``assert`` cells check the claims they
 make; the test checks that every notebook ran to the end and produced plotly figures.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -121,3 +122,7 @@ def test_notebook_runs_ci_sized(name, notebook_runs):
     assert figures, "the notebook should show plotly figures"
     # each figure is also stored as HTML, so exports (nbconvert) show it
     assert all("text/html" in o["data"] for o in figures)
+    if "run_dir" in nr.declared_parameters(NOTEBOOK_DIR / f"{name}.ipynb") and not os.environ.get(nr.RUN_DIR_ENV):
+        printed = "".join(o.get("text", "") for c in code for o in c.outputs if o.output_type == "stream")
+        assert "read from" in printed and "builtin_run" in printed, "the notebook should use the shipped adapters"
+        assert "baked here" not in printed

@@ -13,9 +13,8 @@ Python that runs this module (a ``palette-lens`` kernel spec is written into tha
 failure the runner prints one line naming the notebook and the cell and exits with status 1.
 
 ``--run-dir`` (or the environment variable ``PALETTE_LENS_RUN_DIR``) is passed as the ``run_dir``
-parameter to the notebooks that declare one. With ``--ci`` and no run folder, one is made first
-(:func:`prepare_ci_run`: two domains, small settings, a few minutes) in ``_executed/ci-run`` and reused by
-later CI runs.
+parameter to the notebooks that declare one; without it they use their default, the run shipped with the
+package (``"builtin"``: the embedded default model's adapters, :mod:`palette_lens.pipeline.builtin`).
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ from palette_lens.notebooks.kernel import (
     ensure_kernel,
     kernel_spec_dir,
 )
-from palette_lens.pipeline.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -64,75 +62,6 @@ CI_PARAMETERS: dict[str, dict[str, Any]] = {
     },
     "05": {"max_new_tokens": 16, "n_candidates": 4},
 }
-
-#: The run folder CI-sized runs share (:func:`prepare_ci_run`): two domains searched and baked once with
-#: small settings, then read by the notebooks that take ``run_dir`` (03 reuses the direction and bakes
-#: again itself; 04 and 05 compose the adapters).
-CI_RUN: dict[str, Any] = {
-    "targets": ["cyber", "disinformation"],
-    "domains": ["cyber", "disinformation", "violence"],
-    "search": {"n_train": 8, "top_k": 3, "n_val": 4, "n_val_other": 1, "n_proxy": 3},
-    # enough non-target prompts matter more than steps: with 8 per group the cyber adapter relaxed
-    # violence too (it kept 13% of its first-token refusal mass on validation prompts, 27% with 24)
-    "bake": {"steps": 24, "max_per_group": 16, "val_per_domain": 2, "eval_every": 12},
-}
-
-
-# --------------------------------------------------------------------- the CI run folder
-def prepare_ci_run(out: str | Path, model: Any = None, progress: bool = False) -> Path:
-    """Make the shared CI run folder (:data:`CI_RUN`) in ``out``, unless ``out`` already holds it.
-
-    Args:
-        out: the folder.
-        model: the loaded default model (loaded here when None).
-        progress: progress bars.
-
-    Returns:
-        ``out``, with ``adapters/<domain>/`` and ``directions/`` for every CI target.
-    """
-    from palette_lens.data.prompts import load_prompts
-    from palette_lens.models.loading import load_model
-    from palette_lens.pipeline.runs import make_run
-
-    out = Path(out)
-    stamp = out / "ci_run.json"
-    wanted = json.dumps(CI_RUN, sort_keys=True)
-    model = model if model is not None else load_model()
-    if (stamp.is_file() and stamp.read_text() == wanted and set(CI_RUN["targets"]) <= set(RunFolder(out).adapter_domains())
-            and _fingerprint_matches(out, model)):
-        log.info("reusing the CI run folder %s", out)
-        return out
-    prompts = load_prompts(domains=CI_RUN["domains"])
-    make_run(model, prompts, out, CI_RUN["targets"], search=CI_RUN["search"], bake=CI_RUN["bake"],
-             residual_cache=True, progress=progress)
-    stamp.write_text(wanted)
-    return out
-
-
-def prepare_ci_run_subprocess(out: str | Path, timeout: float | None = None) -> Path:
-    """:func:`prepare_ci_run` in a fresh Python process (with :data:`KERNEL_ENV`; its memory is freed after).
-
-    Raises:
-        RuntimeError: the process failed (its last line of output is in the message).
-    """
-    import subprocess
-
-    env = {**KERNEL_ENV, **os.environ}
-    proc = subprocess.run(
-        [sys.executable, "-m", "palette_lens.notebooks.runner", "--prepare-ci-run", str(out)],
-        env=env, capture_output=True, text=True, timeout=timeout, check=False,
-    )
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"making the CI run folder failed: {last}")
-    return Path(out)
-
-
-def _fingerprint_matches(out: Path, model: Any) -> bool:
-    try:
-        return json.loads(RunFolder(out).run_json.read_text()).get("fingerprint") == model.fingerprint
-    except (OSError, ValueError):
-        return False
 
 
 # --------------------------------------------------------------------- notebooks and parameters
@@ -310,9 +239,7 @@ def run_notebooks(
     overrides = parse_params(params)
     run_dir = run_dir if run_dir is not None else os.environ.get(RUN_DIR_ENV) or None
     declared_by = {nb: declared_parameters(nb) for nb in notebooks}
-    if ci and not run_dir and any("run_dir" in d for d in declared_by.values()):
-        run_dir = str(prepare_ci_run_subprocess(out / "ci-run"))
-    if run_dir:
+    if run_dir and run_dir != "builtin":
         run_dir = str(Path(run_dir).expanduser().resolve())
     kernel = ensure_kernel()
     for key, value in KERNEL_ENV.items():
@@ -347,16 +274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=None, help="seconds per cell (default: none)")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failing notebook")
     parser.add_argument("--install-kernel", action="store_true", help="only write the kernel spec, then exit")
-    parser.add_argument("--prepare-ci-run", metavar="DIR", default=None,
-                        help="only make the CI run folder (two small adapters) in DIR, then exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.install_kernel:
         ensure_kernel()
         _say(f"kernel spec {KERNEL_NAME!r}: {kernel_spec_dir()}")
-        return 0
-    if args.prepare_ci_run:
-        _say(f"CI run folder: {prepare_ci_run(args.prepare_ci_run)}")
         return 0
     try:
         runs = run_notebooks(
