@@ -53,6 +53,8 @@ def test_checking_a_domain_changes_the_profile_answer(chat, tiny_qwen):
     assert turn.profile.text != turn.vanilla.text
     assert "Profile: cyber" in chat.profile_pane.value
     assert chat.profile_pane.value != chat.vanilla_pane.value
+    assert "network password attack" in chat.status.value  # the status names the prompt just answered
+    assert "palette-lens-chat-profile" in chat.profile_pane._dom_classes  # a page can find the panes
     chat.checkboxes["hate"].value = True
     chat.button.click()
     both = chat.last

@@ -196,6 +196,11 @@ class ChatTurn:
         return self.to_html()
 
 
+#: CSS class of each part of :class:`ProfileChat` (attribute name → class).
+CHAT_CSS_CLASSES = {"widget": "palette-lens-chat", "vanilla_pane": "palette-lens-chat-vanilla",
+                    "profile_pane": "palette-lens-chat-profile", "status": "palette-lens-chat-status"}
+
+
 class ProfileChat:
     """Pick authorized domains (checkboxes), type a prompt, compare vanilla and profile answers side by side.
 
@@ -291,6 +296,9 @@ class ProfileChat:
             widgets.HBox([self.button, self.status]),
             widgets.HBox([self.vanilla_pane, self.profile_pane]),
         ])
+        # CSS classes, so that a page (or a browser test) can find the parts: CHAT_CSS_CLASSES
+        for part, css in CHAT_CSS_CLASSES.items():
+            getattr(self, part).add_class(css)
 
     # ---- state
     @property
@@ -354,8 +362,9 @@ class ProfileChat:
         profile_name = "+".join(turn.authorized) if turn.authorized else "nothing authorized (= vanilla)"
         self.vanilla_pane.value = _reply_html("Vanilla model", turn.vanilla)
         self.profile_pane.value = _reply_html(f"Profile: {profile_name}", turn.profile)
+        asked = text if len(text) <= 60 else text[:57] + "…"
         self.status.value = (
-            f"greedy, at most {self.max_new_tokens} new tokens"
+            f"answered <i>{html.escape(asked)}</i> — greedy, at most {self.max_new_tokens} new tokens"
             + ("" if turn.authorized else " — check a domain to relax refusal for it")
         )
         return turn
