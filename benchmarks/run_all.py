@@ -3,7 +3,7 @@
 Each script measures its ratios side by side in one run and writes ``benchmarks/results/<name>.json``.
 Timings are only comparable on an otherwise idle machine: each script records the load average.
 
-Usage: ``python benchmarks/run_all.py [--only foundation search bake pipeline] [--full]``
+Usage: ``python benchmarks/run_all.py [--only foundation search bake pipeline first_answer] [--full]``
 (``--full`` also times the full ``palette-lens demo``, about half an hour; by default only ``--quick``).
 """
 
@@ -21,6 +21,7 @@ SCRIPTS = {
     "search": ["bench_search.py"],
     "bake": ["bench_bake.py"],
     "pipeline": ["bench_pipeline.py", "--modes", "quick"],
+    "first_answer": ["bench_first_answer.py"],
 }
 
 
