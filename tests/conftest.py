@@ -75,3 +75,19 @@ def notebook_runs(default_model, tmp_path_factory) -> dict:
     notebooks = Path(__file__).resolve().parents[1] / "notebooks"
     runs = nr.run_notebooks(notebooks, ci=True, run_dir=run_dir, out_dir=out)
     return {Path(r.notebook).stem: r for r in runs}
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session (Playwright's sync API allows one instance per thread): the
+    browser tests check pages in it, the live notebook tests open their JupyterLab tabs in it. Without Chromium
+    the tests that use it skip on a dev machine and fail in CI."""
+    from palette_lens.report.browser import HeadlessChromium, browser_available
+
+    reason = browser_available()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must run the browser checks (.ci/run installs Debian's chromium)")
+        pytest.skip(reason)
+    with HeadlessChromium() as b:
+        yield b

@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 
 from palette_lens.report.browser import (
-    HeadlessChromium,
-    browser_available,
     count_plotly_outputs,
     export_notebook_html,
 )
@@ -34,18 +32,6 @@ def png_size(path: Path) -> tuple[int, int]:
     head = path.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
     return struct.unpack(">II", head[16:24])
-
-
-@pytest.fixture(scope="session")
-def browser():
-    """One headless Chromium for the whole module (session scope: it starts before the slow fixtures)."""
-    reason = browser_available()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must run the browser checks (.ci/run installs Debian's chromium)")
-        pytest.skip(reason)
-    with HeadlessChromium() as b:
-        yield b
 
 
 # ---------------------------------------------------------------------- fast

@@ -3,8 +3,8 @@
 JupyterLab runs from this environment (:class:`palette_lens.notebooks.lab.LabServer`, a private configuration
 on a free port); Chromium is Debian's ``/usr/bin/chromium`` (``.ci/run`` installs it). Each notebook is
 copied with its CI-sized parameters written in (as papermill injects them), run with *Run* → *Run All
-Cells*, then its widget is used with the mouse and keyboard. Without Chromium these tests skip on a dev
-machine and fail in CI. Screenshots go to ``$PALETTE_LENS_SCREENSHOT_DIR`` when set (the README's picture
+Cells*, then its widget is used with the mouse and keyboard. The tabs open in the session's Chromium (the
+``browser`` fixture of conftest.py). Without Chromium these tests skip on a dev machine and fail in CI. Screenshots go to ``$PALETTE_LENS_SCREENSHOT_DIR`` when set (the README's picture
 comes from there), else to the test's temporary folder.
 """
 
@@ -18,7 +18,6 @@ import pytest
 
 from palette_lens.notebooks import runner as nr
 from palette_lens.notebooks.lab import LabPage, LabServer, prepare_notebook, saved_errors
-from palette_lens.report.browser import browser_available
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +26,7 @@ TEACHING, SEPARATION = "05_teaching_demo.ipynb", "02_domain_separation.ipynb"
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory, default_model):  # default_model: the model's float cache exists before the kernels start
-    reason = browser_available()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must run the live notebook checks (.ci/run installs Debian's chromium)")
-        pytest.skip(reason)
+def lab(tmp_path_factory, default_model, browser):  # default_model: its float cache exists before the kernels start
     root = tmp_path_factory.mktemp("lab")
     for name in (TEACHING, SEPARATION):
         prepare_notebook(ROOT / "notebooks" / name, root, nr.CI_PARAMETERS[name[:2]])
@@ -55,10 +49,10 @@ def run_all_cleanly(page: LabPage, lab: LabServer, name: str) -> None:
     assert not saved_errors(lab.root / name)
 
 
-def test_teaching_demo_runs_live_and_answers_a_typed_prompt(lab, shots, prompts):
+def test_teaching_demo_runs_live_and_answers_a_typed_prompt(lab, browser, shots, prompts):
     # a cyber test prompt the notebook's guided run did not use (it picks among the first n_candidates)
     typed = prompts.part("cyber", "test")[nr.CI_PARAMETERS["05"]["n_candidates"] + 1]
-    with LabPage(lab) as page:
+    with LabPage(lab, browser=browser) as page:
         run_all_cleanly(page, lab, TEACHING)
         panes = page.ask_profile_chat(["cyber"], typed)
         page.screenshot(shots / "teaching_demo_chat.png", ".palette-lens-chat")
@@ -74,8 +68,8 @@ def test_teaching_demo_runs_live_and_answers_a_typed_prompt(lab, shots, prompts)
     assert (shots / "teaching_demo_chat.png").stat().st_size > 10_000
 
 
-def test_layer_slider_dragged_live_changes_the_figure(lab, shots):
-    with LabPage(lab) as page:
+def test_layer_slider_dragged_live_changes_the_figure(lab, browser, shots):
+    with LabPage(lab, browser=browser) as page:
         run_all_cleanly(page, lab, SEPARATION)
         explorer = page.page.locator(".jp-OutputArea-output:has(.widget-slider)").last
         title = explorer.locator(".gtitle").first

@@ -40,7 +40,13 @@ from typing import Any
 
 from palette_lens.errors import PaletteError
 from palette_lens.notebooks.kernel import KERNEL_ENV, ensure_kernel
-from palette_lens.report.browser import CHROMIUM_FLAGS, BrowserUnavailable, browser_available, find_chromium
+from palette_lens.report.browser import (
+    CHROMIUM_FLAGS,
+    BrowserUnavailable,
+    HeadlessChromium,
+    browser_available,
+    find_chromium,
+)
 from palette_lens.viz.widgets import CHAT_CSS_CLASSES
 
 log = logging.getLogger(__name__)
@@ -207,6 +213,8 @@ class LabPage:
         server: the running :class:`LabServer`.
         executable: Chromium to use (default: :func:`palette_lens.report.browser.find_chromium`).
         viewport: window size in CSS pixels.
+        browser: an open :class:`palette_lens.report.browser.HeadlessChromium` to open the tab in (Playwright's
+            sync API runs one instance per thread); default: start a Chromium of its own.
 
     Attributes:
         page: the Playwright page (for anything the methods do not cover).
@@ -217,29 +225,34 @@ class LabPage:
     """
 
     def __init__(self, server: LabServer, executable: str | os.PathLike | None = None,
-                 viewport: tuple[int, int] = (1400, 1000)) -> None:
+                 viewport: tuple[int, int] = (1400, 1000), browser: HeadlessChromium | None = None) -> None:
         self.server = server
         self.executable = executable
         self.viewport = viewport
+        self.shared = browser
         self.console_errors: list[str] = []
         self.page: Any = None
         self._pw: Any = None
         self._browser: Any = None
 
     def __enter__(self) -> LabPage:  # noqa: PYI034
-        reason = browser_available(self.executable)
-        if reason:
-            raise BrowserUnavailable(reason)
-        from playwright.sync_api import sync_playwright
+        if self.shared is not None:
+            self.page = self.shared.new_page()
+            self.page.set_viewport_size({"width": self.viewport[0], "height": self.viewport[1]})
+        else:
+            reason = browser_available(self.executable)
+            if reason:
+                raise BrowserUnavailable(reason)
+            from playwright.sync_api import sync_playwright
 
-        self._pw = sync_playwright().start()
-        try:
-            self._browser = self._pw.chromium.launch(executable_path=find_chromium(self.executable), headless=True,
-                                                     args=list(CHROMIUM_FLAGS))
-            self.page = self._browser.new_page(viewport={"width": self.viewport[0], "height": self.viewport[1]})
-        except Exception:
-            self.close()
-            raise
+            self._pw = sync_playwright().start()
+            try:
+                self._browser = self._pw.chromium.launch(executable_path=find_chromium(self.executable),
+                                                         headless=True, args=list(CHROMIUM_FLAGS))
+                self.page = self._browser.new_page(viewport={"width": self.viewport[0], "height": self.viewport[1]})
+            except Exception:
+                self.close()
+                raise
         self.page.on("console", self._on_console)
         self.page.on("pageerror", lambda err: self.console_errors.append(f"uncaught: {err}"))
         return self
@@ -252,7 +265,10 @@ class LabPage:
         self.close()
 
     def close(self) -> None:
-        """Close the browser."""
+        """Close the tab, and the browser when it is this page's own."""
+        if self.shared is not None and self.page is not None:
+            self.page.close()
+            self.page = None
         if self._browser is not None:
             self._browser.close()
             self._browser = None

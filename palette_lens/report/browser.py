@@ -207,6 +207,16 @@ class HeadlessChromium:
             self._profile.cleanup()
             self._profile = None
 
+    def new_page(self) -> Any:
+        """A new Playwright page (tab) in this browser, for pages :meth:`check` does not cover (close it after).
+
+        Playwright's sync API allows one running instance per thread, so code that needs a page while this
+        browser is open takes it from here.
+        """
+        if self._context is None:
+            raise RuntimeError("use HeadlessChromium as a context manager")
+        return self._context.new_page()
+
     def check(self, page_path: str | os.PathLike, screenshot: str | os.PathLike | None = None,
               settle_ms: int = 300, max_height: int | None = None) -> PageCheck:
         """Load ``page_path`` (a local file), wait for its plotly figures, inspect it and optionally save a
