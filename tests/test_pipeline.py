@@ -257,3 +257,22 @@ def test_pipeline_runs_in_low_precision_like_float32(dtype, tiny_run, tmp_path):
     sites = {t: (a["layer"], a["position"]) for t, a in res.metrics["adapters"].items()}
     assert sites == {t: (a["layer"], a["position"]) for t, a in ref.metrics["adapters"].items()}
     assert next(model.hf_model.parameters()).dtype == dtype
+
+
+def test_pipeline_on_a_dispatched_model_gives_the_same_results(tiny_run, tmp_path):
+    """The tiny model dispatched by accelerate (a device map with hooks on the embedding and every block, as a
+    model split across GPUs has) runs every stage and gives the float32 run's results."""
+    from palette_lens.models.tiny import tiny_chat_model
+
+    _, ref = tiny_run
+    model = tiny_chat_model("qwen2", seed=0, device_map="blocks")
+    assert hasattr(model.decoder_layers()[0], "_hf_hook")
+    res = run_pipeline(model, toy_prompts(TOPICS, 16), tmp_path, TINY, progress=False, report=False)
+    check_metrics_schema(res.metrics, list(TINY.targets), list(ref.metrics["profiles"]))
+    assert res.metrics["adapters"].keys() == ref.metrics["adapters"].keys()
+    for target, adapter in res.metrics["adapters"].items():
+        assert (adapter["layer"], adapter["position"]) == (ref.metrics["adapters"][target]["layer"],
+                                                           ref.metrics["adapters"][target]["position"])
+    for name, profile in res.metrics["profiles"].items():
+        assert profile["refusal_rate"] == pytest.approx(ref.metrics["profiles"][name]["refusal_rate"], abs=1e-9)
+        assert profile["harmless_kl"] == pytest.approx(ref.metrics["profiles"][name]["harmless_kl"], rel=1e-3, abs=1e-6)

@@ -5,6 +5,11 @@ Applying adapters never mutates the caller's model unless asked:
 - :func:`apply_adapters` wraps that in a new :class:`ChatModel`;
 - :func:`adapters_applied` is a context manager that adds the deltas in place and restores the exact
   original weights on exit (cheap; TransformerLens hooks keep working).
+
+Every merge adds ``W + ΔW`` in float32 and rounds once to the weight's dtype. In bfloat16 that single
+rounding still costs small deltas part of their size (bfloat16 keeps 8 significant bits of ``W``); where that
+matters, keep the adapter unmerged (:func:`palette_lens.compose.profiles.runtime_profile`), whose LoRA path
+runs in float32 factors.
 """
 
 from __future__ import annotations
@@ -24,10 +29,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def sum_deltas(adapters: Iterable[BakedAdapter]) -> dict[str, torch.Tensor]:
-    """Exact sum of the adapters' ΔW per module name: name → [out, in] (float32)."""
+    """Exact sum of the adapters' ΔW per module name: name → [out, in] (float32, on the CPU).
+
+    Adapters may come from different devices (a fresh bake on a GPU, a loaded one on the CPU); the sum is
+    taken on the CPU in float32 and moved to each weight's device when it is applied.
+    """
     total: dict[str, torch.Tensor] = {}
     for a in adapters:
         for n, d in a.deltas().items():
+            d = d.detach().to(device="cpu", dtype=torch.float32)
             total[n] = total[n] + d if n in total else d.clone()
     return total
 
@@ -131,7 +141,7 @@ def adapters_applied(model: ChatModel, adapters: Sequence[BakedAdapter]) -> Iter
             for name, delta in sum_deltas(adapters).items():
                 w = plain_tensor(model.hf_model, f"{name}.weight")
                 saved[name] = w.detach().clone()
-                w.add_(delta.to(device=w.device, dtype=w.dtype))
+                w.copy_((w.to(torch.float32) + delta.to(w.device)).to(w.dtype))  # in float32, rounded once
         yield model
     finally:
         with torch.no_grad():

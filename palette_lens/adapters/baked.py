@@ -39,6 +39,10 @@ DIRECTION_FILE = "direction.safetensors"
 _PEFT_PREFIX = "base_model.model."
 
 
+def _cpu32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to(device="cpu", dtype=torch.float32)
+
+
 @dataclass
 class BakedAdapter:
     """LoRA factors for the linear modules of one decoder block, with provenance.
@@ -53,6 +57,7 @@ class BakedAdapter:
             ``scale``, ``target_mode``, ``loss``, ``data_hashes``, ``metrics``, ...).
         direction: [d_model] the direction r that was baked (raw, not normalised), if known.
 
+    The factors and the direction are kept on the CPU in float32, whatever device and dtype they came from.
     ``deltas()`` gives ΔW per module ([out_features, in_features], float32); ``save(folder)`` writes a PEFT
     adapter folder and :meth:`load` reads one back (also :func:`load_adapter`).
 
@@ -70,6 +75,14 @@ class BakedAdapter:
     alpha: float = 16.0
     meta: dict = field(default_factory=dict)
     direction: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # Factors live on the CPU in float32 wherever the bake ran, so adapters from a GPU bake and loaded
+        # ones combine without device or dtype surprises; whoever applies them moves what they combine.
+        self.lora_A = {n: _cpu32(t) for n, t in self.lora_A.items()}
+        self.lora_B = {n: _cpu32(t) for n, t in self.lora_B.items()}
+        if self.direction is not None:
+            self.direction = _cpu32(self.direction)
 
     # ------------------------------------------------------------------ values
     @property

@@ -19,11 +19,13 @@ def shifted_inputs(
     unit: torch.Tensor, harmful: torch.Tensor, n_prefix: int, config: BakeConfig, gen: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shift a random share of the harmful rows' inputs along r̂ and recompute their frozen block outputs."""
-    pick = harmful & (torch.rand(harmful.shape[0], generator=gen) < config.input_shift)
+    draws = torch.rand(harmful.shape[0], generator=gen)  # the CPU generator keeps bakes seeded on any device
+    pick = harmful & (draws < config.input_shift).to(harmful.device)
     if not pick.any():
         return h_in, h_out
     low, high = config.input_shift_range
-    coef = torch.where(pick, low + (high - low) * torch.rand(harmful.shape[0], generator=gen), 0.0)
+    shift = (low + (high - low) * torch.rand(harmful.shape[0], generator=gen)).to(harmful.device)
+    coef = torch.where(pick, shift, 0.0)
     tokens = token_mask(mask, n_prefix, 0, "user")
     h_in = shift_along(h_in, unit.to(h_in.dtype), coef.to(h_in.dtype), tokens)
     with torch.no_grad(), block.peft_model.disable_adapter():

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from palette_lens.bake.examples import default_refusal_ids
 from palette_lens.data.prompts import PromptSet
 from palette_lens.models.chat_model import ChatModel
+from palette_lens.models.hooks import projection_edit_hook
 from palette_lens.refusal.tokens import refusal_scores
 
 
@@ -52,13 +53,7 @@ def single_layer_scan(
     base = float(torch.sigmoid(refusal_scores(model.last_logits(val), ids)).mean())
     rows = []
     for layer in tqdm(layers, desc=f"single-layer scan {target}", leave=False):
-        unit = cands.vector(layer, position).float()
-        unit = unit / unit.norm().clamp_min(1e-12)
-
-        def edit(act: torch.Tensor, hook=None, u=unit) -> torch.Tensor:  # noqa: ARG001
-            u = u.to(device=act.device, dtype=act.dtype)
-            return act - scale * (act @ u).unsqueeze(-1) * u
-
+        edit = projection_edit_hook(cands.vector(layer, position), scale)
         lp = model.last_logits(val, hooks=[(model.resid_pre_hook(layer), edit)])
         p = float(torch.sigmoid(refusal_scores(lp, ids)).mean())
         rows.append({"layer": layer, "p_target": p, "p_base": base, "ratio": p / max(base, 1e-6)})

@@ -49,7 +49,7 @@ from palette_lens.bake.targets import (
 )
 from palette_lens.data.prompts import BORDERLINE, HARMLESS, PromptSet
 from palette_lens.errors import PaletteError
-from palette_lens.models.blocks import BlockInputs, rotary_embedding, run_block, run_suffix
+from palette_lens.models.blocks import BlockInputs, module_device, rotary_embedding, run_block, run_suffix
 from palette_lens.models.chat_model import ChatModel
 from palette_lens.search.direction import Direction
 
@@ -171,7 +171,9 @@ def _bake_once(
         prompts = augment_prompt_set(prompts, target, config.adversarial_negatives, config.seed)
     data = BakeData.build(model, prompts, target, layer_index, config, inputs)
     t_capture = time.perf_counter() - t_start
-    unit = direction.unit.float()
+    block = LoraBlock(model, layer_index, config.rank, config.alpha, config.seed)
+    device = module_device(block.layer)  # every training tensor is made on the block's device
+    unit = direction.unit.float().to(device)
 
     # training pools
     pool_prompts: list[str] = []
@@ -204,7 +206,6 @@ def _bake_once(
     val_inputs = data.inputs.subset(val_prompts)
     rotary = rotary_embedding(model)
 
-    block = LoraBlock(model, layer_index, config.rank, config.alpha, config.seed)
     t0 = time.perf_counter()
     base_val_lp = run_suffix(model, val_inputs, rotary=rotary)
     baseline_val = validation_metrics(base_val_lp, base_val_lp, val_groups, refusal_ids)
@@ -231,12 +232,13 @@ def _bake_once(
         t1 = time.perf_counter()
         block.peft_model.train()
         idx = sample_batch(group, weights, group_probs_t, config.batch_size, gen)
-        h_in, mask, h_out = train_inputs.collate(idx)
-        tgt_rows = is_target[idx]
+        h_in, mask, h_out = train_inputs.collate(idx, device=device)
+        rows = group[idx].to(device)
+        tgt_rows = rows == 0
         if config.input_shift:
-            h_in, h_out = shifted_inputs(block, rotary, h_in, mask, h_out, unit, group[idx] <= 1, train_inputs.n_prefix,
+            h_in, h_out = shifted_inputs(block, rotary, h_in, mask, h_out, unit, rows <= 1, train_inputs.n_prefix,
                                           config, gen)
-        targets = block_targets(h_out, unit, tgt_rows, config.scale, config.target_mode, config.other_scale, group[idx] == 1)
+        targets = block_targets(h_out, unit, tgt_rows, config.scale, config.target_mode, config.other_scale, rows == 1)
         pred = run_block(block.layer, rotary, h_in.to(dtype), mask)
         tok = token_mask(mask, train_inputs.n_prefix, n_post, config.token_scope)
         per_tok = token_losses(pred, targets, config.loss)

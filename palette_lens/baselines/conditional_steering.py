@@ -194,9 +194,9 @@ class ConditionalSteering:
                 if mask == 0:
                     continue
                 rows = (code == mask).nonzero().flatten().to(act.device)
-                q = bases[mask].to(device=act.device, dtype=act.dtype)
-                h = act[rows]
-                out[rows] = h - (h @ q.T) @ q
+                q = bases[mask].to(device=act.device, dtype=torch.float32)
+                h = act[rows].to(torch.float32)
+                out[rows] = (h - (h @ q.T) @ q).to(act.dtype)
             return out
 
         def make(layer: int | None):

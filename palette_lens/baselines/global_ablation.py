@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from palette_lens.models.chat_model import ChatModel, Hook
+from palette_lens.models.hooks import float32_edit_hook
 from palette_lens.search.direction import Direction
 
 
@@ -36,17 +37,8 @@ def _vector(d: Direction | torch.Tensor) -> torch.Tensor:
 
 
 def subspace_ablation_hook(basis: torch.Tensor):
-    """A hook ``h ← h − (h Qᵀ) Q`` for an orthonormal ``basis`` Q [k, d_model]."""
-    cache: dict[tuple, torch.Tensor] = {}
-
-    def hook(act: torch.Tensor, hook=None) -> torch.Tensor:  # noqa: ARG001 - TransformerLens signature
-        key = (act.device, act.dtype)
-        if key not in cache:
-            cache[key] = basis.to(device=act.device, dtype=act.dtype)
-        q = cache[key]
-        return act - (act @ q.T) @ q
-
-    return hook
+    """A hook ``h ← h − (h Qᵀ) Q`` for an orthonormal ``basis`` Q [k, d_model] (float32, rounded once)."""
+    return float32_edit_hook(lambda act, q: act - (act @ q.T) @ q, basis.to(torch.float32))
 
 
 def _sites(model: ChatModel) -> list[str]:

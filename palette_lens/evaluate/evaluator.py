@@ -139,7 +139,7 @@ class Evaluator:
         folder = cache_root() / "generations" if self.cache is True else Path(self.cache)
         c = self.config
         digest = hashlib.sha256(json.dumps([
-            CACHE_VERSION, self.model.fingerprint, self.model.system_prompt, c.max_new_tokens, c.first_phase,
+            CACHE_VERSION, self.model.cache_key, self.model.system_prompt, c.max_new_tokens, c.first_phase,
             c.stop_on_refusal, c.stop_when_judged, list(self.refusal_ids),
             # generations stopped early on the judge's verdict depend on the judge itself
             list(REFUSAL_MARKERS) if c.stop_on_refusal else None, MARKER_WINDOW if c.stop_on_refusal else None,

@@ -58,6 +58,33 @@ def linear_module_names(layer: torch.nn.Module, prefix: str) -> list[str]:
     """Plain HF names of every ``nn.Linear`` inside ``layer``, prefixed (e.g. ``model.layers.11.mlp.up_proj``)."""
     return sorted(f"{prefix}.{n}" for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear))
 
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device a module computes on: accelerate's execution device when dispatched, else its weights'.
+
+    Examples:
+        >>> module_device(torch.nn.Linear(2, 2))
+        device(type='cpu')
+    """
+    hook = getattr(module, "_hf_hook", None)
+    execution = getattr(hook, "execution_device", None)
+    if execution is not None:
+        return torch.device(execution) if not isinstance(execution, int) else torch.device("cuda", execution)
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _on_device(value: object, device: torch.device) -> object:
+    """``value`` (a tensor, or a tuple of tensors, e.g. RoPE's (cos, sin)) on ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_on_device(v, device) for v in value)
+    return value
+
+
 def plain_decoder_layer(model: ChatModel, index: int) -> torch.nn.Module:
     """A fresh copy of decoder layer ``index`` as a plain HF module (no bridge wrappers, no hooks).
 
@@ -176,14 +203,16 @@ class BlockInputs:
         """Block outputs at one post-instruction offset for every prompt: [n, d_model]."""
         return torch.stack([h[position] for h in self.hidden_out])
 
-    def collate(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A left-padded batch: ``h_in`` [b, s, d], ``mask`` [b, s] (long), ``h_out`` [b, s, d]."""
+    def collate(
+        self, indices: Sequence[int], device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A left-padded batch on ``device`` (default CPU): ``h_in`` [b, s, d], ``mask`` [b, s] (long), ``h_out`` [b, s, d]."""
         seqs = [self.hidden_in[i] for i in indices]
         s = max(x.shape[0] for x in seqs)
         d = seqs[0].shape[1]
-        h_in = torch.zeros(len(seqs), s, d, dtype=seqs[0].dtype)
+        h_in = torch.zeros(len(seqs), s, d, dtype=seqs[0].dtype, device=device)
         h_out = torch.zeros_like(h_in)
-        mask = torch.zeros(len(seqs), s, dtype=torch.long)
+        mask = torch.zeros(len(seqs), s, dtype=torch.long, device=device)
         for j, i in enumerate(indices):
             n = self.hidden_in[i].shape[0]
             h_in[j, s - n :] = self.hidden_in[i]
@@ -281,21 +310,26 @@ def run_suffix(
     rest = layers[inputs.layer_index + 1 :]
     norm = model.decoder.norm
     head = model.hf_model.get_output_embeddings()
-    device = model.device
     dtype = next(model.hf_model.parameters()).dtype
     first_dtype = next(first.parameters()).dtype  # a float32 training copy of a bf16 / fp16 block
+    first_device = module_device(first)
     out = []
     for start in range(0, len(inputs), batch_size):
         idx = list(range(start, min(start + batch_size, len(inputs))))
-        h, mask, _ = inputs.collate(idx)
-        h, mask = h.to(device=device, dtype=first_dtype), mask.to(device)
-        h = first(h, **block_kwargs(rotary.to(device), h, mask))
+        h, mask, _ = inputs.collate(idx, device=first_device)
+        h = h.to(first_dtype)
+        h = first(h, **block_kwargs(rotary, h, mask))
         h = h[0] if isinstance(h, tuple) else h
         h = h.to(dtype)  # the remaining layers run in the model's own dtype
-        kwargs = block_kwargs(rotary.to(device), h, mask)
-        for layer in rest:
+        kwargs = block_kwargs(rotary, h, mask)
+        for layer in rest:  # under a device map each layer computes on its own device
+            device = module_device(layer)
+            if h.device != device:
+                h, kwargs = h.to(device), {k: _on_device(v, device) for k, v in kwargs.items()}
             h = layer(h, **kwargs)
             h = h[0] if isinstance(h, tuple) else h
-        logits = head(norm(h[:, -1])).float()
+        h = h[:, -1]
+        h = norm(h.to(module_device(norm)))
+        logits = head(h.to(module_device(head))).float()
         out.append(torch.log_softmax(logits, dim=-1).cpu())
     return torch.cat(out) if out else torch.empty(0, 0)

@@ -30,11 +30,13 @@ class ChatModel:
         bridge: the TransformerBridge; its hooks also fire inside ``hf_model`` (the bridge wraps its modules).
         tokenizer: the model's tokenizer (left padding is used for batches).
         name: a human-readable name for reports.
-        fingerprint: a short hash identifying the weights (used to key caches and check adapters).
+        fingerprint: a short hash naming the weights whatever their dtype (adapters, gates and directions
+            record it and refuse another model; see :func:`palette_lens.models.loading.weights_fingerprint`).
         post_instruction_ids: token ids of the chat template between the user's text and the answer.
         stop_token_ids: ids that end an assistant turn.
         source: what was loaded (folder / GGUF path / id), for metadata.
         system_prompt: an optional system message rendered before every user prompt (``None``: none).
+        weights_digest: a short hash of the weights' values and dtype (keys caches; empty: use the fingerprint).
 
     The hidden size and depth are ``d_model`` and ``n_layers``; ``positions`` are the post-instruction
     positions as negative offsets (e.g. ``[-5, -4, -3, -2, -1]``). ``last_logits`` returns
@@ -57,7 +59,13 @@ class ChatModel:
     stop_token_ids: list[int]
     source: str = ""
     system_prompt: str | None = None
+    weights_digest: str = ""
     _extra: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def cache_key(self) -> str:
+        """What caches of this model's activations and generations are keyed by (weights, values and dtype)."""
+        return f"{self.fingerprint}-{self.weights_digest}" if self.weights_digest else self.fingerprint
 
     # ----------------------------------------------------------------- structure
     @property
@@ -80,7 +88,13 @@ class ChatModel:
 
     @property
     def device(self) -> torch.device:
+        """Where the inputs go: the device of the first weights (the embedding's, under a device map)."""
         return next(self.hf_model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (float32, bfloat16 or float16)."""
+        return next(self.hf_model.parameters()).dtype
 
     @property
     def n_post(self) -> int:

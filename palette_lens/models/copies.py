@@ -17,10 +17,20 @@ from palette_lens.models.chat_model import ChatModel
 def plain_hf_model(model: ChatModel, share_weights: bool = True) -> Any:
     """A new plain Hugging Face model (no bridge wrappers) with the weights of ``model``.
 
+    A model dispatched by accelerate (``device_map``) gives a copy dispatched the same way: every module
+    computes where the original's does.
+
     Args:
         model: the chat model (not modified).
         share_weights: reuse the original tensors (no memory cost; do not train the copy in place).
             ``False`` clones every tensor.
+
+    Examples:
+        >>> from palette_lens.models.tiny import tiny_chat_model
+        >>> model = tiny_chat_model()
+        >>> copy = plain_hf_model(model)
+        >>> copy.model.embed_tokens.weight.data_ptr() == model.hf_model.model.embed_tokens.weight.data_ptr()
+        True
     """
     hf = model.hf_model
     config = hf.config
@@ -37,7 +47,17 @@ def plain_hf_model(model: ChatModel, share_weights: bool = True) -> Any:
     fresh.requires_grad_(False)
     if getattr(hf, "generation_config", None) is not None:
         fresh.generation_config = hf.generation_config
+    device_map = getattr(hf, "hf_device_map", None)
+    if device_map and _is_dispatched(hf):
+        from accelerate import dispatch_model
+
+        fresh = dispatch_model(fresh, device_map=dict(device_map), force_hooks=True)
     return fresh.eval()
+
+
+def _is_dispatched(hf: torch.nn.Module) -> bool:
+    """Whether accelerate attached device hooks to some module of ``hf``."""
+    return any(hasattr(m, "_hf_hook") for m in hf.modules())
 
 
 def fill_meta_tensors(fresh: torch.nn.Module, wrapped: torch.nn.Module) -> None:

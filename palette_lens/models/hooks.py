@@ -16,41 +16,53 @@ from palette_lens.models.chat_model import ChatModel, Hook
 
 
 def ablation_hook(direction: torch.Tensor) -> Callable[..., torch.Tensor]:
-    """A hook ``h ← h − (h·r̂) r̂`` for a [d_model] direction (normalised here)."""
+    """A hook ``h ← h − (h·r̂) r̂`` for a [d_model] direction (normalised here).
+
+    The projection is computed in float32 and the result rounded once to the activation's dtype, so a
+    bfloat16 or float16 model keeps no more of the direction than that single rounding leaves.
+    """
     unit = direction.to(torch.float32)
     unit = unit / unit.norm().clamp_min(1e-12)
-    cache: dict[tuple, torch.Tensor] = {}
+    return float32_edit_hook(lambda act, r: act - (act @ r).unsqueeze(-1) * r, unit)
+
+
+def float32_edit_hook(edit: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], vector: torch.Tensor
+                  ) -> Callable[..., torch.Tensor]:
+    """A TransformerLens hook returning ``edit(act, vector)`` computed in float32, rounded once to act's dtype.
+
+    Args:
+        edit: ``(act [..., d_model] float32, vector float32 on act's device) -> [..., d_model]``.
+        vector: the float32 tensor ``edit`` combines with the activations (a direction, a basis, ...);
+            it is moved once to each device the hook sees.
+
+    Examples:
+        >>> hook = float32_edit_hook(lambda act, v: act + v, torch.ones(4))
+        >>> hook(torch.zeros(1, 2, 4, dtype=torch.bfloat16)).dtype
+        torch.bfloat16
+    """
+    on_device: dict[torch.device, torch.Tensor] = {}
 
     def hook(act: torch.Tensor, hook=None) -> torch.Tensor:  # noqa: ARG001 - TransformerLens signature
-        key = (act.device, act.dtype)
-        if key not in cache:
-            cache[key] = unit.to(device=act.device, dtype=act.dtype)
-        r = cache[key]
-        return act - (act @ r).unsqueeze(-1) * r
+        if act.device not in on_device:
+            on_device[act.device] = vector.to(act.device)
+        return edit(act.to(torch.float32), on_device[act.device]).to(act.dtype)
 
     return hook
 
 
 def projection_edit_hook(direction: torch.Tensor, scale: float) -> Callable[..., torch.Tensor]:
-    """A hook ``h ← h − scale·(h·r̂) r̂`` (scale 1 is ablation; the bake's target uses scale s, e.g. 2.5)."""
+    """A hook ``h ← h − scale·(h·r̂) r̂`` (scale 1 is ablation; the bake's target uses scale s, e.g. 2.5).
+
+    Computed in float32, rounded once to the activation's dtype.
+    """
     unit = direction.to(torch.float32)
     unit = unit / unit.norm().clamp_min(1e-12)
-
-    def hook(act: torch.Tensor, hook=None) -> torch.Tensor:  # noqa: ARG001
-        r = unit.to(device=act.device, dtype=act.dtype)
-        return act - scale * (act @ r).unsqueeze(-1) * r
-
-    return hook
+    return float32_edit_hook(lambda act, r: act - scale * (act @ r).unsqueeze(-1) * r, unit)
 
 
 def addition_hook(direction: torch.Tensor, coeff: float = 1.0) -> Callable[..., torch.Tensor]:
-    """A hook ``h ← h + coeff · r`` (r as given, not normalised)."""
-    vec = direction.to(torch.float32) * coeff
-
-    def hook(act: torch.Tensor, hook=None) -> torch.Tensor:  # noqa: ARG001
-        return act + vec.to(device=act.device, dtype=act.dtype)
-
-    return hook
+    """A hook ``h ← h + coeff · r`` (r as given, not normalised; added in float32, rounded once)."""
+    return float32_edit_hook(lambda act, vec: act + vec, direction.to(torch.float32) * coeff)
 
 
 def ablation_hooks(model: ChatModel, direction: torch.Tensor, layers: Sequence[int] | None = None) -> list[Hook]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +27,85 @@ log = logging.getLogger(__name__)
 
 
 def weights_fingerprint(hf_model: Any) -> str:
-    """A short hash of the config and a sample of every parameter (cheap, distinguishes models)."""
+    """A short hash naming a model's weights whatever their dtype (checks adapters, gates and directions).
+
+    It hashes the config, every parameter's name and shape and the signs of a sample of its entries
+    (entries under 1e-6 in size count as zero). Rounding keeps signs, so one checkpoint loaded in float32,
+    bfloat16 or float16 has one fingerprint, and an adapter baked in float32 applies to a bfloat16 load of
+    the same weights; another checkpoint (another fine-tune, another quantization) differs in some sign.
+    Caches use :func:`weights_digest` instead, which also tells dtypes and small edits apart.
+
+    Examples:
+        >>> from palette_lens.models.tiny import tiny_hf_model
+        >>> hf = tiny_hf_model("qwen2", 400)
+        >>> weights_fingerprint(hf) == weights_fingerprint(hf.to(torch.bfloat16))
+        True
+    """
     digest = hashlib.sha256()
-    cfg = {k: v for k, v in hf_model.config.to_dict().items() if isinstance(v, (int, float, str, bool))}
-    cfg.pop("_name_or_path", None)
-    cfg.pop("transformers_version", None)
-    digest.update(json.dumps(cfg, sort_keys=True).encode())
-    for name, param in hf_model.named_parameters():
-        name = name.replace("._original_component", "")
+    _hash_config(digest, hf_model)
+    for name, param in _plain_parameters(hf_model):
+        sample = param.detach().reshape(-1)[:_SAMPLE].to(device="cpu", dtype=torch.float32)
+        signs = torch.where(sample.abs() < 1e-6, 0, torch.sign(sample)).to(torch.int8)
         digest.update(name.encode())
         digest.update(str(tuple(param.shape)).encode())
-        sample = param.detach().reshape(-1)[:64].to(torch.float32).cpu()
-        digest.update(sample.numpy().tobytes())
+        digest.update(signs.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def weights_digest(hf_model: Any) -> str:
+    """A short hash of the config, the dtype and a sample of every parameter's values (keys caches).
+
+    Unlike :func:`weights_fingerprint` it changes with the dtype and with any edit of a sampled entry (a
+    merged adapter), so cached residuals and generations are never reused across them.
+
+    Examples:
+        >>> from palette_lens.models.tiny import tiny_hf_model
+        >>> hf = tiny_hf_model("qwen2", 400)
+        >>> weights_digest(hf) == weights_digest(hf.to(torch.bfloat16))
+        False
+    """
+    digest = hashlib.sha256()
+    _hash_config(digest, hf_model)
+    for name, param in _plain_parameters(hf_model):
+        digest.update(f"{name}{tuple(param.shape)}{param.dtype}".encode())
+        digest.update(param.detach().reshape(-1)[:_SAMPLE].to(device="cpu", dtype=torch.float32).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+_SAMPLE = 64  # entries hashed per parameter
+
+
+def _hash_config(digest: Any, hf_model: Any) -> None:
+    cfg = {k: v for k, v in hf_model.config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+    for key in ("_name_or_path", "transformers_version", "dtype", "torch_dtype"):
+        cfg.pop(key, None)
+    digest.update(json.dumps(cfg, sort_keys=True).encode())
+
+
+def _plain_parameters(hf_model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    for name, param in hf_model.named_parameters():
+        yield name.replace("._original_component", ""), param
+
+
+def check_weights_on_devices(hf_model: Any, name: str) -> None:
+    """Refuse a model whose weights accelerate offloads (to the CPU or disk) with a one-line error.
+
+    palette-lens copies blocks, merges adapters and reads weights directly, which offloaded (meta) weights do
+    not allow; a model split across GPUs, or loaded whole on one device, is fine.
+
+    Raises:
+        ModelLoadError: some parameters are on the meta device (offloaded), naming the first and what to do.
+
+    Examples:
+        >>> check_weights_on_devices(torch.nn.Linear(2, 2), "linear")
+    """
+    offloaded = [n for n, p in _plain_parameters(hf_model) if p.is_meta]
+    if offloaded:
+        raise ModelLoadError(
+            f"{name}: {len(offloaded)} weights are offloaded by accelerate (e.g. {offloaded[0]}); palette-lens needs "
+            "every weight on a device: give the GPUs more room (device_map='auto' with max_memory), load in "
+            "bfloat16, or load the whole model on one device (device='cpu')"
+        )
 
 
 def wrap_model(
@@ -80,10 +147,12 @@ def wrap_model(
     from palette_lens.models.stack_check import check_stack
 
     check_stack()
+    check_weights_on_devices(hf_model, name)
     post = find_post_instruction_ids(tokenizer, system_prompt)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     fingerprint = weights_fingerprint(hf_model)
+    digest = weights_digest(hf_model)
     dtype = next(hf_model.parameters()).dtype
     hf_model.eval()
     bridge = TransformerBridge.boot_transformers(
@@ -98,6 +167,7 @@ def wrap_model(
         stop_token_ids=stop_token_ids(tokenizer, post),
         source=source,
         system_prompt=system_prompt,
+        weights_digest=digest,
     )
 
 
@@ -113,8 +183,10 @@ def load_model(
 
     Args:
         model: what to load; ``None`` or ``"default"`` loads the embedded Qwen2.5-Coder-0.5B-Instruct.
-        device: a single device ("cpu", "cuda:0"); mutually exclusive with ``device_map``.
-        dtype: weight dtype (float32 by default; bfloat16/float16 for large models on GPU).
+        device: a single device ("cpu", "cuda:0"); mutually exclusive with ``device_map``. Default: the
+            first GPU when there is one (the weights load straight onto it), else the CPU.
+        dtype: weight dtype: float32 (default), bfloat16, float16, or ``"auto"`` (the checkpoint's own dtype
+            as its config records it; float32 when it records none, e.g. for a GGUF file).
         device_map: passed to ``from_pretrained`` (accelerate dispatch), e.g. "auto" for several GPUs.
         system_prompt: an optional system message added to every chat.
 
@@ -134,14 +206,15 @@ def load_model(
     """
     from palette_lens.models import embedded
 
-    if isinstance(dtype, str):
-        dtype_name, dtype = dtype, getattr(torch, dtype, None)
-        if not isinstance(dtype, torch.dtype):
-            raise ModelLoadError(f"unknown dtype {dtype_name!r} (use float32, bfloat16 or float16)")
+    dtype = resolve_dtype(dtype)
+    if device_map is not None and device is not None:
+        raise ModelLoadError("pass either device or device_map, not both")
     kwargs: dict[str, Any] = {"dtype": dtype}
-    if device_map is not None:
-        if device is not None:
-            raise ModelLoadError("pass either device or device_map, not both")
+    if device_map is None:
+        device = resolve_device(device)
+        if device.type != "cpu":
+            kwargs["device_map"] = {"": str(device)}  # the weights load straight onto the GPU
+    else:
         kwargs["device_map"] = device_map
 
     if model is None or str(model) == "default":
@@ -177,13 +250,54 @@ def load_model(
         hf_model.hf_quantizer = None  # dequantized floats; lets users save/merge like any HF model
         if hasattr(hf_model.config, "quantization_config"):
             del hf_model.config.quantization_config
-    if device is not None:
-        try:
-            hf_model.to(device)
-        except (RuntimeError, AssertionError, ValueError) as exc:
-            raise ModelLoadError(f"cannot move the model to {device!r}: {exc}".splitlines()[0]) from exc
-    log.info("loaded %s", name)
+    log.info("loaded %s (%s, %s)", name, next(hf_model.parameters()).dtype, getattr(hf_model, "hf_device_map", device))
     return wrap_model(hf_model, tokenizer, name, source=source, system_prompt=system_prompt, adapter_name=adapter_name)
+
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype | str:
+    """``dtype`` as a ``torch.dtype``, or ``"auto"``; anything else is a one-line :class:`ModelLoadError`.
+
+    Examples:
+        >>> resolve_dtype("bfloat16")
+        torch.bfloat16
+        >>> resolve_dtype("auto")
+        'auto'
+    """
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ModelLoadError(f"unsupported dtype {dtype} (use float32, bfloat16, float16 or auto)")
+        return dtype
+    if dtype == "auto":
+        return "auto"
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r} (use float32, bfloat16, float16 or auto)")
+    return getattr(torch, dtype)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device``; None picks the first GPU when there is one, else the CPU.
+
+    Raises:
+        ModelLoadError: a device torch does not know, or a GPU that is not there.
+
+    Examples:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if device is None:
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"unknown device {device!r} (e.g. cpu, cuda, cuda:1)") from exc
+    if resolved.type == "cuda" and (
+        not torch.cuda.is_available() or (resolved.index or 0) >= torch.cuda.device_count()
+    ):
+        raise ModelLoadError(f"device {device!r} is not available here ({torch.cuda.device_count()} GPUs found)")
+    return resolved
 
 
 def _from_pretrained(load_from: str, tok_kwargs: dict, kwargs: dict, name: str, model: object) -> tuple[Any, Any]:

@@ -1,7 +1,7 @@
 """Batched residual-stream collection (``resid_pre`` of every layer at post-instruction positions).
 
 Vectors are read through TransformerLens hooks; means are accumulated in float64. An optional disk
-cache (safetensors with a sha256 of its content) is keyed by model fingerprint, prompts, layers and
+cache (safetensors with a sha256 of its content) is keyed by the model's cache key, prompts, layers and
 positions; a damaged entry is recomputed.
 """
 
@@ -60,7 +60,7 @@ class Residuals:
 
 def _cache_key(model: ChatModel, prompts: Sequence[str], layers: Sequence[int], positions: Sequence[int]) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps([model.fingerprint, model.system_prompt, list(layers), list(positions)]).encode())
+    digest.update(json.dumps([model.cache_key, model.system_prompt, list(layers), list(positions)]).encode())
     for p in prompts:
         digest.update(p.encode())
         digest.update(b"\x00")

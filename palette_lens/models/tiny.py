@@ -79,7 +79,8 @@ def tiny_hf_model(style: str, vocab_size: int, seed: int = 0, n_layers: int = 3,
 
 
 def tiny_chat_model(style: str = "qwen2", seed: int = 0, n_layers: int = 3, d_model: int = 64,
-                    dtype: torch.dtype = torch.float32):
+                    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                    device_map: dict[str, str] | str | None = None):
     """A tiny :class:`palette_lens.models.loading.ChatModel` with random weights, built offline.
 
     Meant for tests, smoke checks and quick demos: its completions are noise, but every stage runs on it.
@@ -90,6 +91,10 @@ def tiny_chat_model(style: str = "qwen2", seed: int = 0, n_layers: int = 3, d_mo
         n_layers: the number of decoder blocks.
         d_model: the hidden size (the residual width).
         dtype: the weights' dtype (the same random weights, cast from float32).
+        device: where the weights go (e.g. ``"cuda"``), unless ``device_map`` is given.
+        device_map: dispatch the model with accelerate, module name → device, or ``"blocks"`` for the
+            embedding and each decoder block as map entries on ``device`` (hooks on every entry, as a
+            model split across GPUs has; the GPU smoke check and the dispatch tests use it).
 
     Returns:
         A wrapped :class:`palette_lens.models.loading.ChatModel` named ``tiny-{style}``.
@@ -108,6 +113,16 @@ def tiny_chat_model(style: str = "qwen2", seed: int = 0, n_layers: int = 3, d_mo
 
     tokenizer = tiny_tokenizer(style)
     hf_model = tiny_hf_model(style, len(tokenizer), seed=seed, n_layers=n_layers, d_model=d_model).to(dtype)
+    if device_map is None:
+        hf_model = hf_model.to(device)
+    else:
+        from accelerate import dispatch_model
+
+        if device_map == "blocks":
+            names = ["model.embed_tokens", "model.rotary_emb", *[f"model.layers.{i}" for i in range(n_layers)],
+                     "model.norm", "lm_head"]
+            device_map = {name: str(device) for name in names}
+        hf_model = dispatch_model(hf_model, device_map=dict(device_map), force_hooks=True)
     adapter = "Qwen/Qwen2-0.5B-Instruct" if style == "qwen2" else "meta-llama/Llama-3.2-1B-Instruct"
     return wrap_model(hf_model, tokenizer, name=f"tiny-{style}", source=f"tiny:{style}:{seed}", adapter_name=adapter)
 
