@@ -110,6 +110,10 @@ _EXPORTS: dict[str, str] = {
     "AttackConfig": "palette_lens.evaluate.leakage",
     "measure_leakage": "palette_lens.evaluate.leakage",
     "measure_latency": "palette_lens.evaluate.latency",
+    "UtilityConfig": "palette_lens.evaluate.utility",
+    "UtilityResult": "palette_lens.evaluate.utility",
+    "measure_utility": "palette_lens.evaluate.utility",
+    "check_solution": "palette_lens.evaluate.utility",
     "scores_by_domain": "palette_lens.evaluate.compare",
     "mean_scores": "palette_lens.evaluate.compare",
     "completions_side_by_side": "palette_lens.evaluate.compare",
@@ -221,6 +225,10 @@ __all__ = [  # noqa: RUF022 - grouped by pipeline stage, as in _EXPORTS
     "AttackConfig",
     "measure_leakage",
     "measure_latency",
+    "UtilityConfig",
+    "UtilityResult",
+    "measure_utility",
+    "check_solution",
     "scores_by_domain",
     "mean_scores",
     "completions_side_by_side",
@@ -323,6 +331,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names are impo
     from palette_lens.evaluate.latency import measure_latency
     from palette_lens.evaluate.leakage import AttackConfig, measure_leakage
     from palette_lens.evaluate.results import EvalSet, VariantResult
+    from palette_lens.evaluate.utility import UtilityConfig, UtilityResult, check_solution, measure_utility
     from palette_lens.evaluate.vanilla import baseline_refusal
     from palette_lens.gate.config import GateConfig
     from palette_lens.gate.domain_gate import DomainGate, generate_gated

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compose": ("compose", "compose domain adapters into an authorization profile (and export it)"),
     "evaluate": ("evaluate", "evaluate saved adapters, their profiles and the baselines"),
     "leakage": ("leakage", "refusal of the other domains under adversarial prompts"),
+    "utility": ("utility", "HumanEval pass@1 of vanilla and of a run's profiles (merged and gated)"),
 }
 
 DESCRIPTION = """\

@@ -2,7 +2,8 @@
 
 Built from the two JSON documents of :func:`palette_lens.pipeline.run.run_pipeline` (``metrics`` and
 ``details``), so a report can be rebuilt from a finished run folder (:func:`report_from_folder`).
-Sections: summary and floors, baseline refusal table, leakage matrix (profiles and baselines × domains),
+Sections: summary and floors, utility (HumanEval pass@1, when the run folder holds ``utility.json`` from
+``palette-lens utility``), baseline refusal table, leakage matrix (profiles and baselines × domains),
 per-domain refusal before/after, adapters, interference, latency, stage timings, truncated examples.
 """
 
@@ -121,8 +122,27 @@ def _variant_rows(details: Mapping, metrics: Mapping) -> list[tuple[str, dict]]:
     return out
 
 
-def build_report(metrics: Mapping, details: Mapping, title: str = "palette-lens report") -> str:
-    """The report page as a string (plotly.js inlined once)."""
+def utility_section(utility: Mapping) -> str:
+    """The "Utility (HumanEval pass@1)" section of ``utility.json`` content: variant, pass@1, 95% Wilson CI, n."""
+    rows = []
+    for name, u in utility.items():
+        ci = u.get("ci") or [None, None]
+        opened = u.get("opened")
+        rows.append([name, _pct(u.get("pass_at_1")), f"{_pct(ci[0])}–{_pct(ci[1])}", u.get("n", "–"),
+                     "–" if opened is None else opened])
+    return (
+        "<h2>Utility (HumanEval pass@1)</h2>"
+        '<p class="muted">Greedy replies to the HumanEval problems, each run with its unit tests in a restricted '
+        "subprocess (<code>palette-lens utility</code>); a gated variant answers with its profile only the problems "
+        "its gate opens for (gate opened), with vanilla the rest. Harmless refusal and first-token KL are in the "
+        "summary above.</p>"
+        + html_table(["variant", "pass@1", "95% Wilson CI", "n", "gate opened"], rows)
+    )
+
+
+def build_report(metrics: Mapping, details: Mapping, title: str = "palette-lens report",
+                 utility: Mapping | None = None) -> str:
+    """The report page as a string (plotly.js inlined once); ``utility``: ``utility.json`` content, if any."""
     from plotly.offline import get_plotlyjs
 
     domains = list(metrics["domains"])
@@ -180,6 +200,8 @@ def build_report(metrics: Mapping, details: Mapping, title: str = "palette-lens 
             f"<p>Latency per token vs vanilla: merged profile <b>×{ratios.get('merged', 0):.3f}</b>, hook-based "
             f"conditional steering <b>×{ratios.get('hooked', 0):.3f}</b>.</p>"
         )
+    if utility:
+        parts.append(utility_section(utility))
 
     # baseline table
     parts.append("<h2>Baseline refusal (unmodified model)</h2>")
@@ -293,7 +315,8 @@ def build_report(metrics: Mapping, details: Mapping, title: str = "palette-lens 
     )
 
 
-def write_report(path: str | Path, metrics: Mapping, details: Mapping, title: str = "palette-lens report") -> Path:
+def write_report(path: str | Path, metrics: Mapping, details: Mapping, title: str = "palette-lens report",
+                 utility: Mapping | None = None) -> Path:
     """Write :func:`build_report` to ``path`` atomically.
 
     The page is self-contained (plotly.js inlined once): summary, per-domain refusal tables, the baselines,
@@ -304,6 +327,8 @@ def write_report(path: str | Path, metrics: Mapping, details: Mapping, title: st
         metrics: the run's ``metrics.json`` content (as :func:`run_pipeline` returns it).
         details: the run's ``details.json`` content.
         title: the page title.
+        utility: the run's ``utility.json`` content (``palette-lens utility``), shown as a pass@1 table; None: no
+            such section.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -318,12 +343,14 @@ def write_report(path: str | Path, metrics: Mapping, details: Mapping, title: st
         >>> write_report("runs/demo/report.html", metrics, details)                  # doctest: +SKIP
         PosixPath('runs/demo/report.html')
     """
-    return atomic_write_text(path, build_report(metrics, details, title))
+    return atomic_write_text(path, build_report(metrics, details, title, utility))
 
 
 def report_from_folder(folder: str | Path) -> Path:
-    """Rebuild ``report.html`` of a finished run folder from its ``metrics.json`` and ``details.json``."""
+    """Rebuild ``report.html`` of a finished run folder from its ``metrics.json`` and ``details.json`` (and its
+    ``utility.json`` when there is one)."""
     folder = Path(folder)
     metrics = json.loads((folder / "metrics.json").read_text())
     details = json.loads((folder / "details.json").read_text())
-    return write_report(folder / "report.html", metrics, details)
+    utility = json.loads((folder / "utility.json").read_text()) if (folder / "utility.json").is_file() else None
+    return write_report(folder / "report.html", metrics, details, utility=utility)
