@@ -113,7 +113,7 @@ _EXPORTS: dict[str, str] = {
     "UtilityConfig": "palette_lens.evaluate.utility",
     "UtilityResult": "palette_lens.evaluate.utility",
     "measure_utility": "palette_lens.evaluate.utility",
-    "check_solution": "palette_lens.evaluate.utility",
+    "check_solution": "palette_lens.evaluate.humaneval",
     "scores_by_domain": "palette_lens.evaluate.compare",
     "mean_scores": "palette_lens.evaluate.compare",
     "completions_side_by_side": "palette_lens.evaluate.compare",
@@ -331,7 +331,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names are impo
     from palette_lens.evaluate.latency import measure_latency
     from palette_lens.evaluate.leakage import AttackConfig, measure_leakage
     from palette_lens.evaluate.results import EvalSet, VariantResult
-    from palette_lens.evaluate.utility import UtilityConfig, UtilityResult, check_solution, measure_utility
+    from palette_lens.evaluate.humaneval import check_solution
+    from palette_lens.evaluate.utility import UtilityConfig, UtilityResult, measure_utility
     from palette_lens.evaluate.vanilla import baseline_refusal
     from palette_lens.gate.config import GateConfig
     from palette_lens.gate.domain_gate import DomainGate, generate_gated

@@ -11,22 +11,18 @@ from pathlib import Path
 import pytest
 
 from palette_lens.cli import app as cli
-from palette_lens.evaluate.utility import (
+from palette_lens.evaluate.humaneval import (
     HUMAN_EVAL_SIZE,
-    ExecutionResult,
     Problem,
-    SandboxLimits,
-    UtilityConfig,
-    UtilityResult,
     build_program,
     chat_prompt,
     check_solution,
     check_solutions,
     extract_code,
     load_problems,
-    run_sandboxed,
-    utility_table,
 )
+from palette_lens.evaluate.utility import UtilityConfig, UtilityResult, utility_table
+from palette_lens.util.sandbox import ExecutionResult, SandboxLimits, run_sandboxed
 
 
 @pytest.fixture(scope="module")

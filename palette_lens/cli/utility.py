@@ -33,7 +33,7 @@ from palette_lens.errors import PaletteError
 
 log = logging.getLogger(__name__)
 
-#: palette_lens.evaluate.utility.HUMAN_EVAL_SIZE and UtilityConfig's defaults (not imported: building the parser
+#: palette_lens.evaluate.humaneval.HUMAN_EVAL_SIZE and UtilityConfig's defaults (not imported: building the parser
 #: imports no torch; tests/test_utility.py checks they agree)
 HUMAN_EVAL_SIZE = 164
 DEFAULT_TIMEOUT_S = 10.0
