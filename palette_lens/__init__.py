@@ -93,9 +93,13 @@ _EXPORTS: dict[str, str] = {
     "interference": "palette_lens.compose.interference",
     "leakage_matrix": "palette_lens.compose.interference",
     "export_profile": "palette_lens.compose.export",
+    "profile_peft_adapter": "palette_lens.compose.peft_export",
+    "save_peft_adapter": "palette_lens.compose.peft_export",
     "GateConfig": "palette_lens.gate.config",
     "DomainGate": "palette_lens.gate.domain_gate",
     "generate_gated": "palette_lens.gate.domain_gate",
+    "GatedProfile": "palette_lens.gate.gated_profile",
+    "Router": "palette_lens.gate.router",
     "fit_gate": "palette_lens.gate.training",
     "global_ablation_hooks": "palette_lens.baselines.global_ablation",
     "fit_conditional_steering": "palette_lens.baselines.conditional_steering",
@@ -208,9 +212,13 @@ __all__ = [  # noqa: RUF022 - grouped by pipeline stage, as in _EXPORTS
     "interference",
     "leakage_matrix",
     "export_profile",
+    "profile_peft_adapter",
+    "save_peft_adapter",
     "GateConfig",
     "DomainGate",
     "generate_gated",
+    "GatedProfile",
+    "Router",
     "fit_gate",
     "global_ablation_hooks",
     "fit_conditional_steering",
@@ -285,6 +293,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names are impo
     from palette_lens.baselines.global_ablation import global_ablation_hooks
     from palette_lens.compose.export import export_profile
     from palette_lens.compose.interference import interference, leakage_matrix
+    from palette_lens.compose.peft_export import profile_peft_adapter, save_peft_adapter
     from palette_lens.compose.profiles import (
         Profile,
         default_profiles,
@@ -328,14 +337,16 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names are impo
     from palette_lens.evaluate.evaluator import EvalConfig, Evaluator
     from palette_lens.evaluate.floors import check_floors
     from palette_lens.evaluate.gated import evaluate_gated
+    from palette_lens.evaluate.humaneval import check_solution
     from palette_lens.evaluate.latency import measure_latency
     from palette_lens.evaluate.leakage import AttackConfig, measure_leakage
     from palette_lens.evaluate.results import EvalSet, VariantResult
-    from palette_lens.evaluate.humaneval import check_solution
     from palette_lens.evaluate.utility import UtilityConfig, UtilityResult, measure_utility
     from palette_lens.evaluate.vanilla import baseline_refusal
     from palette_lens.gate.config import GateConfig
     from palette_lens.gate.domain_gate import DomainGate, generate_gated
+    from palette_lens.gate.gated_profile import GatedProfile
+    from palette_lens.gate.router import Router
     from palette_lens.gate.training import fit_gate
     from palette_lens.generation.greedy import Generations, generate_completions
     from palette_lens.geometry.separation import layer_separation, separation_table, tsne_layers
@@ -344,10 +355,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names are impo
     from palette_lens.models.loading import load_model, wrap_model
     from palette_lens.models.residuals import Residuals, collect_residuals
     from palette_lens.models.tiny import tiny_chat_model
+    from palette_lens.pipeline.builtin import make_builtin_run, verify_builtin_run
     from palette_lens.pipeline.config import PipelineConfig
     from palette_lens.pipeline.run import run_pipeline
     from palette_lens.pipeline.run_folder import RunFolder
-    from palette_lens.pipeline.builtin import make_builtin_run, verify_builtin_run
     from palette_lens.pipeline.runs import RunArtifacts, load_or_make_run, load_run, make_run
     from palette_lens.pipeline.search_and_bake import search_and_bake
     from palette_lens.refusal.judge import is_refusal, refusal_rate

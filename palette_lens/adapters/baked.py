@@ -115,25 +115,11 @@ class BakedAdapter:
 
     def peft_state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors under PEFT's saved key names (``base_model.model.<name>.lora_A.weight``)."""
-        out = {}
-        for n in self.module_names:
-            out[f"{_PEFT_PREFIX}{n}.lora_A.weight"] = self.lora_A[n].detach().float().contiguous().cpu()
-            out[f"{_PEFT_PREFIX}{n}.lora_B.weight"] = self.lora_B[n].detach().float().contiguous().cpu()
-        return out
+        return peft_tensors(self.lora_A, self.lora_B)
 
     def lora_config(self, base_model_name: str | None = None) -> Any:
         """The ``peft.LoraConfig`` that ``PeftModel.from_pretrained`` uses to rebuild this adapter."""
-        from peft import LoraConfig
-
-        return LoraConfig(
-            r=self.rank,
-            lora_alpha=self.alpha,
-            lora_dropout=0.0,
-            bias="none",
-            target_modules=self.module_names,
-            task_type="CAUSAL_LM",
-            base_model_name_or_path=base_model_name,
-        )
+        return peft_lora_config(self.module_names, self.rank, self.alpha, base_model_name)
 
     # ------------------------------------------------------------------ checks
     def check_base(self, model: ChatModel | Any | str) -> None:
@@ -183,11 +169,9 @@ class BakedAdapter:
             "modules": self.module_names,
         }
         config = self.lora_config(self.meta.get("base_model"))
-        config_dict = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.to_dict().items()}
 
         def write(tmp: Path) -> None:
-            save_file(self.peft_state_dict(), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-            (tmp / CONFIG_FILE).write_text(json.dumps(config_dict, indent=2, sort_keys=True, default=str))
+            write_peft_files(tmp, config, self.peft_state_dict())
             if self.direction is not None:
                 save_file({"vector": self.direction.detach().float().contiguous().cpu()}, str(tmp / DIRECTION_FILE))
             files = [WEIGHTS_FILE, CONFIG_FILE] + ([DIRECTION_FILE] if self.direction is not None else [])
@@ -337,6 +321,83 @@ def load_adapter(folder: str | Path, model: ChatModel | Any | str | None = None)
         ('cyber', 14)
     """
     return BakedAdapter.load(folder, model)
+
+
+# ---------------------------------------------------------------------- PEFT files
+def peft_tensors(lora_a: dict[str, torch.Tensor], lora_b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """LoRA factors under the key names ``PeftModel.save_pretrained`` writes (float32, CPU, contiguous).
+
+    Args:
+        lora_a: plain HF module name → A [rank, in_features].
+        lora_b: plain HF module name → B [out_features, rank] (the same names).
+
+    Returns:
+        ``base_model.model.<name>.lora_A.weight`` / ``...lora_B.weight`` → tensor, modules sorted by name.
+
+    Examples:
+        >>> name = "model.layers.3.mlp.down_proj"
+        >>> keys = sorted(peft_tensors({name: torch.ones(2, 8)}, {name: torch.ones(4, 2)}))
+        >>> keys[0]
+        'base_model.model.model.layers.3.mlp.down_proj.lora_A.weight'
+    """
+    out = {}
+    for n in sorted(lora_a):
+        out[f"{_PEFT_PREFIX}{n}.lora_A.weight"] = lora_a[n].detach().float().contiguous().cpu()
+        out[f"{_PEFT_PREFIX}{n}.lora_B.weight"] = lora_b[n].detach().float().contiguous().cpu()
+    return out
+
+
+def peft_lora_config(
+    target_modules: list[str], rank: int, alpha: float, base_model_name: str | None = None
+) -> Any:
+    """The ``peft.LoraConfig`` of LoRA factors on exactly ``target_modules`` (no dropout, no bias).
+
+    Args:
+        target_modules: full plain HF module names (``model.layers.11.mlp.down_proj``); peft matches each
+            one exactly, so no other module is adapted.
+        rank: the LoRA rank r of every module.
+        alpha: LoRA alpha (the scaling is ``alpha / rank``).
+        base_model_name: recorded as ``base_model_name_or_path``.
+
+    Returns:
+        A ``peft.LoraConfig`` (task type ``CAUSAL_LM``).
+
+    Examples:
+        >>> config = peft_lora_config(["model.layers.3.mlp.down_proj"], 8, 8.0)  # doctest: +SKIP
+        >>> config.r, config.lora_alpha                                          # doctest: +SKIP
+        (8, 8.0)
+    """
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        bias="none",
+        target_modules=list(target_modules),
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_model_name,
+    )
+
+
+def write_peft_files(folder: Path, config: Any, tensors: dict[str, torch.Tensor]) -> None:
+    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` into the existing ``folder``.
+
+    The two files ``PeftModel.save_pretrained`` writes (sets in the config as sorted lists, keys sorted), so
+    ``PeftModel.from_pretrained(base, folder)`` loads them. Not atomic by itself: callers write into a
+    temporary folder (:func:`palette_lens.util.atomic.atomic_folder`).
+
+    Args:
+        folder: an existing folder.
+        config: a ``peft.LoraConfig`` (e.g. from :func:`peft_lora_config`).
+        tensors: the state dict under PEFT's key names (e.g. from :func:`peft_tensors`).
+
+    Examples:
+        >>> write_peft_files(tmp, adapter.lora_config(), adapter.peft_state_dict())   # doctest: +SKIP
+    """
+    config_dict = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.to_dict().items()}
+    save_file(tensors, str(Path(folder) / WEIGHTS_FILE), metadata={"format": "pt"})
+    (Path(folder) / CONFIG_FILE).write_text(json.dumps(config_dict, indent=2, sort_keys=True, default=str))
 
 
 # ---------------------------------------------------------------------- helpers

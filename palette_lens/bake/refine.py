@@ -14,10 +14,9 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
-import torch
-
 from palette_lens.adapters.apply import apply_adapters
 from palette_lens.adapters.baked import BakedAdapter
+from palette_lens.adapters.stacking import stack_factors
 from palette_lens.bake.config import BakeConfig
 from palette_lens.bake.train import BakeResult, bake_direction
 from palette_lens.data.prompts import PromptSet
@@ -50,17 +49,14 @@ def stack_adapters(first: BakedAdapter, second: BakedAdapter, meta: dict[str, An
     """One adapter whose delta is the sum of two adapters' deltas on the same block (ranks add up).
 
     Each B is scaled by its adapter's ``alpha / r`` and the result uses ``alpha = r`` (scaling 1), so
-    ``ΔW = B₁'A₁ + B₂'A₂`` whatever the two scalings were.
+    ``ΔW = B₁'A₁ + B₂'A₂`` whatever the two scalings were
+    (:func:`palette_lens.adapters.stacking.stack_factors`).
     """
     if first.layer_index != second.layer_index:
         raise PaletteError(f"cannot stack adapters of blocks {first.layer_index} and {second.layer_index}")
     if first.module_names != second.module_names:
         raise PaletteError("cannot stack adapters of different modules")
-    lora_a = {n: torch.cat([first.lora_A[n].float(), second.lora_A[n].float()], dim=0) for n in first.module_names}
-    lora_b = {
-        n: torch.cat([first.scaling * first.lora_B[n].float(), second.scaling * second.lora_B[n].float()], dim=1)
-        for n in first.module_names
-    }
+    lora_a, lora_b = stack_factors([first, second])
     rank = first.rank + second.rank
     return BakedAdapter(layer_index=first.layer_index, lora_A=lora_a, lora_B=lora_b, rank=rank, alpha=float(rank),
                         meta=dict(meta if meta is not None else first.meta), direction=first.direction)

@@ -3,7 +3,8 @@
 Loads ``--from DIR/adapters/<domain>/`` (or ``--adapter FOLDER`` ...), checks them against the base
 model, reports interference (ΔW cosines on shared modules), checks that run-time composition (all
 adapters active in peft) and merged weights give the same first-token distribution, and with
-``--export`` writes the merged profile as a plain Hugging Face model folder. With ``--gate`` it also trains a
+``--export`` writes the merged profile as a plain Hugging Face model folder (and the profile as one PEFT LoRA
+adapter in ``peft_adapter/``). With ``--gate`` it also trains a
 domain gate for the profile's domains (:mod:`palette_lens.gate.domain_gate`) and saves it next to ``profile-<name>.json``
 (``gate-<name>/``) and inside the export (``palette_gate/``).
 """
@@ -47,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="domains to compose, joined by '+' (default: every adapter found)")
     add_compose_weight_argument(parser, old="--weight")
     parser.add_argument("--export", default=None, metavar="DIR",
-                        help="write the merged profile as a Hugging Face model folder; DIR must be new, empty or an "
+                        help="write the merged profile as a Hugging Face model folder, with the profile as one "
+                             "PEFT LoRA adapter in DIR/peft_adapter/; DIR must be new, empty or an "
                              "earlier export, which is replaced as a whole (default: no export)")
     add_output_argument(parser, "the --from folder", what="where profile-<name>.json (and gate-<name>/) go")
     add_data_arguments(parser, what=", for training the gate (--gate only)")
@@ -93,7 +95,7 @@ def load_adapters(source: str | None, folders: list[str], model) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from palette_lens.compose.export import export_profile
+    from palette_lens.compose.export import PEFT_FOLDER, export_profile
     from palette_lens.compose.interference import interference
     from palette_lens.compose.profiles import (
         DEFAULT_COMPOSE_WEIGHT,
@@ -161,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     if export is not None:
         folder = export_profile(model, chosen, export, profile, gate=gate)
         doc["exported"] = str(folder)
-        echo(f"  exported merged model: {folder}")
+        echo(f"  exported merged model: {folder} (the profile as one PEFT adapter: {folder / PEFT_FOLDER})")
     path = atomic_write_text(out / f"profile-{profile.name}.json", json.dumps(doc, indent=1))
     echo(f"written: {path}")
     return 0
