@@ -110,7 +110,9 @@ _EXPORTS: dict[str, str] = {
     "VariantResult": "palette_lens.evaluate.results",
     "baseline_refusal": "palette_lens.evaluate.vanilla",
     "check_floors": "palette_lens.evaluate.floors",
+    "recommend_deployment": "palette_lens.evaluate.floors",
     "evaluate_gated": "palette_lens.evaluate.gated",
+    "evaluate_gated_profile": "palette_lens.evaluate.gated",
     "AttackConfig": "palette_lens.evaluate.leakage",
     "measure_leakage": "palette_lens.evaluate.leakage",
     "measure_latency": "palette_lens.evaluate.latency",
@@ -229,7 +231,9 @@ __all__ = [  # noqa: RUF022 - grouped by pipeline stage, as in _EXPORTS
     "VariantResult",
     "baseline_refusal",
     "check_floors",
+    "recommend_deployment",
     "evaluate_gated",
+    "evaluate_gated_profile",
     "AttackConfig",
     "measure_leakage",
     "measure_latency",
@@ -335,8 +339,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names are impo
         scores_by_domain,
     )
     from palette_lens.evaluate.evaluator import EvalConfig, Evaluator
-    from palette_lens.evaluate.floors import check_floors
-    from palette_lens.evaluate.gated import evaluate_gated
+    from palette_lens.evaluate.floors import check_floors, recommend_deployment
+    from palette_lens.evaluate.gated import evaluate_gated, evaluate_gated_profile
     from palette_lens.evaluate.humaneval import check_solution
     from palette_lens.evaluate.latency import measure_latency
     from palette_lens.evaluate.leakage import AttackConfig, measure_leakage

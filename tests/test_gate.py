@@ -344,13 +344,19 @@ def test_cli_gate_measures_gated_rows_and_saves_the_gates(tiny_qwen, tiny_run, t
     monkeypatch.setattr(leakage, "load_model_from_args", lambda args: tiny_qwen)
     out = tmp_path / "docs" / "leak.md"
     code = cli.main(["leakage", "--from", str(folder), "--profile", "cyber", "--attack", "mixed", "--limit", "3",
-                     "--max-new-tokens", "4", "--no-cache", "--gate", "--gate-layer", "1", "--out", str(out)])
+                     "--max-new-tokens", "4", "--no-cache", "--gate", "--gate-layer", "0", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     doc = json.loads(out.with_suffix(".json").read_text())
     assert [(r["profile"], r["attack"]) for r in doc["rows"]] == [("cyber", "mixed"), ("cyber gated", "mixed")]
     gate = DomainGate.load(out.parent / "gates" / "cyber", tiny_qwen)
-    assert gate.domains == ("cyber",) and gate.layer == 1
-    assert doc["settings"]["gates"]["cyber gated"]["layer"] == 1
+    assert gate.domains == ("cyber",) and gate.layer == 0  # the tiny adapter sits at block 0
+    assert doc["settings"]["gates"]["cyber gated"]["layer"] == 0 and doc["settings"]["gate_routing"] == {
+        "cyber gated": "routed"}
+    # a gate that would read a layer after the adapter fails before any gate is trained
+    code = cli.main(["leakage", "--from", str(folder), "--profile", "cyber", "--attack", "mixed", "--limit", "3",
+                     "--no-cache", "--gate", "--gate-layer", "1", "--out", str(tmp_path / "late")])
+    assert code == 2 and "before the gate's layer 1" in capsys.readouterr().err
+    assert not (tmp_path / "late" / "gates").exists()
 
 
 def test_cli_gated_only_measures_only_the_gated_rows(tiny_qwen, tiny_run, tmp_path, monkeypatch, capsys):  # noqa: F811
@@ -362,7 +368,7 @@ def test_cli_gated_only_measures_only_the_gated_rows(tiny_qwen, tiny_run, tmp_pa
     monkeypatch.setattr(leakage, "load_model_from_args", lambda args: tiny_qwen)
     out = tmp_path / "leak.md"
     code = cli.main(["leakage", "--from", str(folder), "--profile", "cyber", "--attack", "roleplay", "--limit", "3",
-                     "--max-new-tokens", "4", "--no-cache", "--gate", "--gated-only", "--gate-layer", "1",
+                     "--max-new-tokens", "4", "--no-cache", "--gate", "--gated-only", "--gate-layer", "0",
                      "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     doc = json.loads(out.with_suffix(".json").read_text())
@@ -380,10 +386,11 @@ def test_cli_measures_a_two_domain_profile_behind_its_own_gate(tiny_qwen, tiny_r
     monkeypatch.setattr(leakage, "load_model_from_args", lambda args: tiny_qwen)
     out = tmp_path / "leak.md"
     code = cli.main(["leakage", "--from", str(folder), "--profile", "violence+cyber", "--attack", "mixed",
-                     "--limit", "4", "--max-new-tokens", "4", "--no-cache", "--gate", "--gate-layer", "1",
+                     "--limit", "4", "--max-new-tokens", "4", "--no-cache", "--gate", "--gate-layer", "0",
                      "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     doc = json.loads(out.with_suffix(".json").read_text())
+    assert doc["settings"]["gate_routing"] == {"violence+cyber gated": "routed"}
     assert [(r["profile"], r["attack"]) for r in doc["rows"]] == [("violence+cyber", "mixed"),
                                                                   ("violence+cyber gated", "mixed")]
     assert doc["settings"]["authorized"] == {"violence+cyber": ["violence", "cyber"],
@@ -495,7 +502,7 @@ def test_cli_gate_kinds_leave_an_attack_family_out_of_the_gate_and_record_it(tin
     monkeypatch.setattr(leakage, "load_model_from_args", lambda args: tiny_qwen)
     out = tmp_path / "leak.md"
     code = cli.main(["leakage", "--from", str(folder), "--profile", "cyber", "--attack", "mixed", "--limit", "3",
-                     "--max-new-tokens", "4", "--no-cache", "--gate", "--gated-only", "--gate-layer", "1",
+                     "--max-new-tokens", "4", "--no-cache", "--gate", "--gated-only", "--gate-layer", "0",
                      "--gate-kinds", "profession,roleplay", "--gate-segment-veto", "0.6", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     doc = json.loads(out.with_suffix(".json").read_text())

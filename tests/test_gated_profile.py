@@ -138,3 +138,42 @@ def test_the_router_sends_each_prompt_to_the_profile_whose_gate_opens_most(setup
     assert Router.from_exports(folders, model).route(model, texts) == routes
     with pytest.raises(PaletteError, match="not a palette-lens export"):
         Router.from_exports([tmp_path], model)
+
+
+def test_decide_runs_only_to_the_gate_and_agrees_with_the_prefill(setup):
+    model, _, cyber, violence, gate, _, texts = setup
+    profile = GatedProfile(model, [cyber, violence], gate)
+    reached = []
+    last = profile.hf_model.get_submodule(model.decoder_layer_prefix(model.n_layers - 1))
+    handle = last.register_forward_pre_hook(lambda *_: reached.append(1))
+    try:
+        decided = profile.decide(texts, batch_size=5)
+    finally:
+        handle.remove()
+    assert not reached, "decide() ran layers after the gate"
+    profile.logits(texts)
+    assert decided.opened.tolist() == profile.decision.opened.tolist() == gate.opens(model, texts)
+    assert torch.equal(decided.scale, profile.decision.scale.cpu())
+    assert torch.allclose(decided.probability, profile.decision.probability, atol=1e-5)
+
+
+def test_a_prompt_followed_by_part_of_its_reply_keeps_the_prompts_decision(setup):
+    """A second generation phase or a teacher-forced check feeds prompt + reply tokens as one sequence: the gate
+    still reads the prompt's end, so two-phase generation equals one-phase and logits equal the chosen profile's."""
+    from palette_lens.generation.greedy import generate_completions
+
+    model, _, cyber, violence, gate, _, texts = setup
+    profile = GatedProfile(model, [cyber, violence], gate)
+    one = generate_completions(model, texts, lm=profile.hf_model, max_new_tokens=10, first_phase=0)
+    two = generate_completions(model, texts, lm=profile.hf_model, max_new_tokens=10, first_phase=3)
+    assert one.token_ids == two.token_ids
+    scale = profile.decide(texts).scale
+    chosen = {0: merged_profile(model, [cyber]), 1: merged_profile(model, [violence])}
+    for i, text in enumerate(texts):
+        ids = model.encode([text])["input_ids"][0].tolist() + one.token_ids[i][:6]
+        enc = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+        hf = chosen[int(scale[i].argmax())] if scale[i].any() else plain_hf_model(model)
+        with torch.no_grad():
+            want = hf(**enc, use_cache=False).logits.float()
+            got = profile(**enc, use_cache=False).logits.float()
+        assert torch.allclose(got, want, atol=ATOL), text

@@ -22,17 +22,21 @@ from palette_lens.pipeline.documents import METRICS_KEYS
 from palette_lens.pipeline.run import run_pipeline
 
 PROFILE_KEYS = {"authorized", "refusal_rate", "harmless_kl", "f1"}
+GATED_KEYS = {"refusal_rate", "harmless_kl", "f1", "opened"}
 ADAPTER_KEYS = {"layer", "position", "train_seconds"}
 
 TINY = PipelineConfig(
     targets=("cyber", "violence", "hate"), eval_limit=4, harmless_limit=6, borderline_limit=4, max_new_tokens=6, batch_size=16, first_phase=3,
-    search={"n_val": 3, "n_val_other": 1, "top_k": 2, "n_proxy": 2},
+    search={"n_val": 3, "n_val_other": 1, "top_k": 2, "n_proxy": 2, "min_layer": 2},
     bake={"steps": 4, "eval_every": 2, "max_per_group": 8, "val_per_domain": 2},
     latency_tokens=2, latency_batch=2, latency_repeats=1, steering_profiles="singles", cache_generations=False,
+    gate={"layer": 1},  # layer 0 reads the same post-instruction tokens' embeddings for every prompt; the
+    # adapters sit at block 1 or later (directions from layer 2), after the gate
 )
 
 
-def check_metrics_schema(m: dict, targets: list[str], profiles: list[str]) -> None:
+def check_metrics_schema(m: dict, targets: list[str], profiles: list[str], gated: bool = True) -> None:
+    """DESIGN §3's metrics.json; ``gated``: every profile also has its ``gated`` entry (and latency its row)."""
     assert tuple(m) == METRICS_KEYS
     assert isinstance(m["model"], str) and isinstance(m["n_layers"], int) and isinstance(m["domains"], list)
     assert set(m["baseline"]) == {"refusal_rate"}
@@ -42,15 +46,18 @@ def check_metrics_schema(m: dict, targets: list[str], profiles: list[str]) -> No
         assert set(a) == ADAPTER_KEYS and isinstance(a["layer"], int) and isinstance(a["position"], int)
     assert list(m["profiles"]) == profiles
     for name, p in m["profiles"].items():
-        assert set(p) == PROFILE_KEYS and "+".join(p["authorized"]) == name
-        assert set(p["refusal_rate"]) >= {*m["domains"], "harmless"}
-        assert all(0.0 <= v <= 1.0 for v in p["refusal_rate"].values())
-        assert p["harmless_kl"] >= 0.0 and 0.0 <= p["f1"] <= 1.0
-    assert {"global_ablation", "runtime_steering"} <= set(m["baselines"]) <= {
-        "global_ablation", "runtime_steering", "domain_gate"}
+        assert set(p) == PROFILE_KEYS | ({"gated"} if gated else set()) and "+".join(p["authorized"]) == name
+        for entry in [p, p["gated"]] if gated else [p]:
+            assert set(entry["refusal_rate"]) >= {*m["domains"], "harmless"}
+            assert all(0.0 <= v <= 1.0 for v in entry["refusal_rate"].values())
+            assert entry["harmless_kl"] >= 0.0 and 0.0 <= entry["f1"] <= 1.0
+        if gated:
+            assert set(p["gated"]) == GATED_KEYS and set(p["gated"]["opened"]) >= {*m["domains"], "harmless"}
+            assert all(0.0 <= v <= 1.0 for v in p["gated"]["opened"].values())
+    assert set(m["baselines"]) == {"global_ablation", "runtime_steering"}
     for b in m["baselines"].values():
         assert set(b) == {"refusal_rate"}
-    assert set(m["latency_ms_per_token"]) == {"vanilla", "merged", "hooked"}
+    assert set(m["latency_ms_per_token"]) == {"vanilla", "merged", "hooked"} | ({"gated"} if gated else set())
     assert all(v > 0 for v in m["latency_ms_per_token"].values())
     assert {"baseline", "compose", "evaluate", "baselines", "latency"} <= set(m["timings_s"])
 
@@ -75,16 +82,23 @@ def test_pipeline_on_tiny_model(tiny_qwen, tiny_run):
     assert m["domains"] == ["cyber", "hate", "violence"]
     details = json.loads((tmp_path / "details.json").read_text())
     assert set(details["baselines"]["runtime_steering"]) == {"cyber", "violence", "hate"}
-    # the reference profile behind a domain gate: closed prompts keep vanilla's answers, the gate is saved
-    gated = details["baselines"]["domain_gate"]["cyber"]
-    assert gated["kind"] == "gated" and set(m["baselines"]["domain_gate"]) == {"refusal_rate"}
+    # every profile as one gated model: shut prompts keep vanilla's answers, the gates are saved, routed per domain
     vanilla = details["variants"]["vanilla"]
-    shut = [d for d, share in gated["extra"]["gate_opened"].items() if share == 0.0]
-    assert shut, gated["extra"]["gate_opened"]  # the comparison below is made for some domain
-    for d in shut:
-        assert gated["refusal_rate"][d] == vanilla["refusal_rate"][d], d
-    assert DomainGate.load(tmp_path / "gates" / "cyber", tiny_qwen).domains == ("cyber",)
-    assert gated["extra"]["gate"]["domains"] == ["cyber"]
+    for name, p in m["profiles"].items():
+        gated = details["variants"][f"{name} gated"]
+        assert gated["kind"] == "gated" and gated["refusal_rate"] == p["gated"]["refusal_rate"]
+        assert gated["extra"]["gate_opened"] == p["gated"]["opened"] and gated["extra"]["routing"] == "routed"
+        for d, share in p["gated"]["opened"].items():
+            if share == 0.0:
+                assert gated["refusal_rate"][d] == vanilla["refusal_rate"][d], (name, d)
+        for d, routed in gated["extra"]["routed_to"].items():  # one domain's delta per opened prompt
+            assert set(routed) <= set(p["authorized"])
+            assert sum(routed.values()) == round(p["gated"]["opened"][d] * vanilla["n"][d]), (name, d)
+        assert DomainGate.load(tmp_path / "gates" / name, tiny_qwen).domains == tuple(p["authorized"])
+        assert details["recommended"][name]["deployment"] in ("merged", "gated")
+        assert set(details["floors"][f"{name} gated"]["checks"]) == set(details["floors"][name]["checks"])
+    assert any(0.0 < s < 1.0 for p in m["profiles"].values() for s in p["gated"]["opened"].values()), \
+        "the tiny gates should open for some prompts and not others"
     assert details["floors"]["cyber"]["checks"]["harmless_kl"]["limit"] == 0.1
     # outputs: PEFT adapters, directions, search, baseline table, report
     for t in ("cyber", "violence", "hate"):
@@ -115,7 +129,7 @@ def test_evaluate_and_compose_commands_reuse_adapters(tiny_qwen, tiny_run, tmp_p
     m = json.loads((out / "metrics.json").read_text())
     assert "search" not in m["timings_s"] and "bake" not in m["timings_s"]
     assert list(m["profiles"]) == ["hate", "cyber+hate"]
-    assert set(m["baselines"]["domain_gate"]["refusal_rate"]) >= {"cyber", "hate", "harmless"}  # hate, gated
+    assert set(m["profiles"]["cyber+hate"]["gated"]["opened"]) >= {"cyber", "hate", "harmless"}
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert m["adapters"]["cyber"]["layer"] == saved["adapters"]["cyber"]["layer"]
 
@@ -143,7 +157,7 @@ def test_evaluate_and_compose_commands_reuse_adapters(tiny_qwen, tiny_run, tmp_p
                      "0.5", "--limit", "3", "--max-new-tokens", "4", "--out", str(tmp_path / "eval-half"),
                      "--gate-profiles", "none"])
     assert code == 0
-    assert "domain_gate" not in json.loads((tmp_path / "eval-half" / "metrics.json").read_text())["baselines"]
+    assert "gated" not in json.loads((tmp_path / "eval-half" / "metrics.json").read_text())["profiles"]["cyber+hate"]
     details = json.loads((tmp_path / "eval-half" / "details.json").read_text())
     assert details["config"]["compose_weight"] == 0.5
     assert "base plus 0.5 × the sum" in (tmp_path / "eval-half" / "report.html").read_text()
@@ -236,7 +250,8 @@ def test_pipeline_on_default_model_small(default_model, tmp_path):
 
 
 @pytest.mark.parametrize("setting", [{"gate_profiles": "some"}, {"gate": {"threshold": 2.0}},
-                                     {"steering_profiles": "most"}])
+                                     {"steering_profiles": "most"}, {"gate_routing": "sideways"},
+                                     {"gate": {"probe": "binary", "segment_veto": None}}])
 def test_bad_profile_selections_and_gate_settings_fail_before_anything_is_written(tiny_qwen, tmp_path, setting):
     out = tmp_path / "run"
     with pytest.raises(PaletteError):

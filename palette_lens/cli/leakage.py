@@ -5,7 +5,8 @@ Reads the adapters of a finished run folder (``DIR/adapters/<domain>/``); a prof
 non-target test prompts framed as its profession, wrapped in role-play templates and mixed with a target
 request (:mod:`palette_lens.evaluate.leakage`), and compares the merged profile's refusal with vanilla's on the same
 prompts. Writes ``leakage.md`` and ``leakage.json`` into ``--out`` (default: the run folder). With ``--gate`` each profile is also
-measured behind a domain gate (:mod:`palette_lens.gate.domain_gate`; rows ``<domain> gated``, the gates saved under ``gates/``
+measured as one gated model (:class:`palette_lens.gate.gated_profile.GatedProfile`: the adapters unmerged, the profile's
+domain gate deciding per prompt which domain's delta applies; rows ``<profile> gated``, the gates saved under ``gates/``
 next to the table); ``--gated-only`` measures only those rows (and vanilla).
 """
 
@@ -65,9 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="the folder leakage.md, leakage.json and gates/ go into (default: the --from folder)")
     add_no_cache_argument(parser)
-    add_gate_arguments(parser, "also measure each profile behind a domain gate (palette_lens.gate.domain_gate): a probe "
-                               "trained on the train prompts decides per prompt whether the adapter answers; rows "
-                               "'<domain> gated'")
+    add_gate_arguments(parser, "also measure each profile as one gated model: a domain probe trained on the train "
+                               "prompts decides per prompt whether (and, in a profile of several domains, which) "
+                               "adapter acts; rows '<profile> gated'")
     parser.add_argument("--gated-only", action="store_true",
                         help="with --gate: measure only the gated rows, not the adapters alone (about half the time)")
     add_config_argument(parser, ("gate",))
@@ -115,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     from palette_lens.errors import PaletteError
     from palette_lens.evaluate.evaluator import EvalConfig
     from palette_lens.evaluate.leakage import AttackConfig, measure_leakage
+    from palette_lens.gate.config import default_gate_layer
+    from palette_lens.gate.gated_profile import GatedProfile
     from palette_lens.gate.training import fit_gate
     from palette_lens.pipeline.run_folder import RunFolder
     from palette_lens.pipeline.runs import load_run
@@ -169,11 +172,19 @@ def run(args: argparse.Namespace) -> int:
     authorized = dict(wanted)
     gates = {}
     if gate_config is not None:
+        gate_layer = default_gate_layer(model) if gate_config.layer is None else gate_config.layer
+        early = [a for a in artifacts.adapters.values() if a.layer_index < gate_layer]
+        if early:  # before any gate is trained
+            raise PaletteError(f"adapter {early[0].domain!r} sits at block {early[0].layer_index}, before the gate's "
+                               f"layer {gate_layer}: the gate would decide after it ran (choose --gate-layer "
+                               f"{early[0].layer_index} or lower)")
         for name, p in wanted.items():
             gate = fit_gate(model, prompts, p, gate_config)
             gate.save(RunFolder(out_md.parent).gate_dir(name))
             gated = f"{name} gated"
-            profiles[gated], authorized[gated], gates[gated] = profiles[name], p, gate
+            routing = "routed" if gate.classes or len(p) == 1 else "merged"  # a binary probe cannot name the domain
+            profiles[gated] = GatedProfile(model, adapters[name], gate, routing=routing)
+            authorized[gated], gates[gated] = p, gate
         if args.gated_only:
             for name in wanted:
                 del profiles[name], authorized[name]

@@ -53,8 +53,11 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, default_out: str | N
     parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                         help="sequences per generation batch (default: 64)")
     parser.add_argument("--gate-profiles", choices=["none", "reference", "singles", "all"], default=None,
-                        help="profiles also evaluated behind a domain gate (palette_lens.gate.domain_gate), reported "
-                             "as the domain_gate baseline (default: reference, the first single-domain profile)")
+                        help="profiles also evaluated as one gated model (the adapters unmerged, the profile's domain "
+                             "gate deciding per prompt), reported as each profile's 'gated' entry (default: all)")
+    parser.add_argument("--gate-routing", choices=["routed", "merged"], default=None,
+                        help="in a gated profile of several domains, give each prompt the gate opens for the delta "
+                             "of the domain the gate reads it as (routed, the default) or every delta (merged)")
     add_gate_settings(parser)
     add_config_argument(parser, ("bake", "gate") if bake_config else ("gate",))
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
@@ -69,7 +72,7 @@ def pipeline_config(args: argparse.Namespace, targets: list[str] | None = None):
         overrides["targets"] = tuple(targets)
     for key, field in (("pairs", "pairs"), ("compose_weight", "compose_weight"), ("limit", "eval_limit"),
                        ("max_new_tokens", "max_new_tokens"), ("batch_size", "batch_size"),
-                       ("gate_profiles", "gate_profiles")):
+                       ("gate_profiles", "gate_profiles"), ("gate_routing", "gate_routing")):
         if getattr(args, key, None) is not None:
             overrides[field] = getattr(args, key)
     if getattr(args, "no_cache", False):

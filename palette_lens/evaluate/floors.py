@@ -62,3 +62,33 @@ def check_floors(
         diff = rates[BORDERLINE] - baseline[BORDERLINE]
         checks["borderline_up"] = {"value": diff, "limit": widen, "ok": diff <= widen + 1e-9}
     return {"kept_ratio": kept, "checks": checks, "ok": all(c["ok"] for c in checks.values())}
+
+
+def recommend_deployment(merged: Mapping, gated: Mapping | None = None) -> dict:
+    """Which way to deploy a profile, from the :func:`check_floors` results of its merged and gated forms.
+
+    The gated profile is recommended when it meets the floors (its adapters act only on the prompts the gate
+    reads as authorized: defence in depth), else the merged profile when that one does; when neither does, the
+    one with fewer failed checks (ties: gated), with ``meets_floors`` False.
+
+    Args:
+        merged: ``check_floors`` of the merged profile.
+        gated: ``check_floors`` of the gated profile (None: not evaluated).
+
+    Returns:
+        ``{"deployment": "gated" | "merged", "meets_floors": bool, "failed": [check names of that one]}``.
+
+    Examples:
+        >>> ok = {"ok": True, "checks": {"kept_worst": {"ok": True}}}
+        >>> bad = {"ok": False, "checks": {"kept_worst": {"ok": False}}}
+        >>> recommend_deployment(bad, ok)["deployment"], recommend_deployment(ok, bad)["deployment"]
+        ('gated', 'merged')
+    """
+    def failed(floors: Mapping) -> list[str]:
+        return [k for k, v in floors["checks"].items() if not v["ok"]]
+
+    options = [("gated", gated)] if gated is not None else []
+    options.append(("merged", merged))
+    passing = [(name, f) for name, f in options if f["ok"]]
+    name, floors = passing[0] if passing else min(options, key=lambda o: len(failed(o[1])))
+    return {"deployment": name, "meets_floors": bool(floors["ok"]), "failed": failed(floors)}

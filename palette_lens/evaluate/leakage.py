@@ -130,7 +130,8 @@ def measure_leakage(
         model: the base :class:`palette_lens.models.loading.ChatModel` (never modified).
         prompts: the prompt set; requests come from ``config.split`` (the test split by default).
         profiles: profile name → a merged HF model, a :class:`ChatModel`, a :class:`BakedAdapter`, an adapter
-            folder, or a list of adapters / folders. The name gives the authorized domains ("cyber",
+            folder, a list of adapters / folders, or a :class:`palette_lens.gate.gated_profile.GatedProfile` (its
+            gate decides which prompts its adapters act on; the others are answered as by the base model). The name gives the authorized domains ("cyber",
             "cyber+hate") unless ``authorized`` names them.
         config: attack settings.
         eval_config: :class:`palette_lens.evaluate.evaluator.EvalConfig` (default: the evaluation's defaults).
@@ -162,6 +163,7 @@ def measure_leakage(
     from palette_lens.compose.profiles import Profile
     from palette_lens.evaluate.evaluator import EvalConfig, Evaluator
     from palette_lens.evaluate.results import EvalSet
+    from palette_lens.gate.gated_profile import GatedProfile
 
     eval_config = eval_config or EvalConfig()
     if not profiles:
@@ -192,9 +194,13 @@ def measure_leakage(
         log.info("%s: %d adversarial prompts, vanilla refusal %s", "+".join(auth), len(evalset),
                  {k: f"{share(sum(v), len(v)):.0%}" for k, v in vanilla.items()})
         for name in names:
-            lm = profile_lm(model, profiles[name])
-            gate = (gates or {}).get(name)
-            opens = gate.opens(model, evalset.flat()[0]) if gate is not None else None
+            spec = profiles[name]
+            if isinstance(spec, GatedProfile):  # one model: its gate decides, its own forward answers
+                lm, opens = spec.hf_model, spec.decide(evalset.flat()[0]).opened.tolist()
+            else:
+                lm = profile_lm(model, spec)
+                gate = (gates or {}).get(name)
+                opens = gate.opens(model, evalset.flat()[0]) if gate is not None else None
             # the evalset key of the target requests counts as authorized, so they are generated afresh
             result = evaluator.evaluate_lm(name, lm, (*auth, TARGET_KEY), kind="merged", opens=opens)
             relaxed = result.refused
@@ -217,7 +223,9 @@ def measure_leakage(
     bar.close()
     settings = {"attack": config.to_dict(), "generation": asdict(eval_config),
                 "authorized": {n: list(a) for a, ns in groups.items() for n in ns}}
+    gates = {**(gates or {}), **{n: p.gate for n, p in profiles.items() if isinstance(p, GatedProfile)}}
     if gates:
         settings["gates"] = {n: g.meta() for n, g in gates.items() if n in profiles}
         settings["gate_opened"] = gate_opened
+        settings["gate_routing"] = {n: p.routing for n, p in profiles.items() if isinstance(p, GatedProfile)}
     return LeakageTable(rows, getattr(model, "name", ""), settings, records, target_rows)

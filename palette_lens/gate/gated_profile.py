@@ -13,8 +13,12 @@ per-sequence, per-domain scale, and a hook on the gate's layer that sets those s
   ``W + w·ΣΔW`` profile gives), the others none.
 
 Decoding steps keep the scales of their sequence. Closed prompts run exactly the base model (their LoRA terms
-are multiplied by zero). With a segment veto, :meth:`GatedProfile.generate` first reads the sentences of
-the prompts (up to the gate layer only) and the prefill keeps the vetoed prompts shut.
+are multiplied by zero). The gate reads the positions that end the *prompt* (the last chat-template
+post-instruction tokens of each sequence), so a forward pass over a prompt followed by part of its reply (a
+generation continued in a second phase, a reply checked by teacher forcing) decides as the prompt's prefill
+did. With a segment veto, :meth:`GatedProfile.generate` first reads the sentences of the prompts (up to the gate
+layer only) and the prefill keeps the vetoed prompts shut. :meth:`GatedProfile.decide` gives the decisions for
+a list of prompts, running only the layers below the gate.
 """
 
 from __future__ import annotations
@@ -68,6 +72,11 @@ class _State:
     decision: GateDecision | None = None
     by_prompt: dict[tuple[int, ...], tuple[bool, torch.Tensor, float]] | None = None  # when recording
     gate_seconds: float = 0.0  # time spent deciding (features, probe, scales), summed over prefills
+    stop_after_gate: bool = False  # decide() runs the layers below the gate only
+
+
+class _GateDecided(Exception):
+    """Raised by the gate hook under :meth:`GatedProfile.decide`: the layers after the gate are not needed."""
 
 
 class GatedLoRALinear(torch.nn.Module):
@@ -202,6 +211,8 @@ class GatedProfile:
                 t0 = time.perf_counter()
                 self._decide(hidden)
                 state.gate_seconds += time.perf_counter() - t0
+            if state.stop_after_gate:
+                raise _GateDecided
 
         layer = self.hf_model.get_submodule(self.model.decoder_layer_prefix(self.gate.layer))
         self._handles = [
@@ -210,16 +221,36 @@ class GatedProfile:
         ]
 
     # ------------------------------------------------------------------ deciding
+    def _prompt_ends(self, batch: int, seq: int, device: torch.device) -> torch.Tensor:
+        """[batch] index of the last token of each sequence's prompt: the end of its last post-instruction run.
+
+        A sequence without the chat template's post-instruction tokens (a raw forward call) ends at its last
+        real token; left padding is read from the prefill's attention mask.
+        """
+        ids, mask = self._state.input_ids, self._state.mask
+        arange = torch.arange(seq, device=device)
+        if mask is not None and mask.shape == (batch, seq):
+            real = mask.to(device).bool()
+            last = torch.where(real, arange, -1).max(-1).values  # last real token (any padding side)
+        else:
+            real, last = None, torch.full((batch,), seq - 1, device=device)
+        post = torch.tensor(self.model.post_instruction_ids, device=device)
+        n = post.numel()
+        if ids is None or ids.shape != (batch, seq) or n == 0 or seq < n:
+            return last
+        windows = ids.to(device).unfold(1, n, 1)  # [batch, seq - n + 1, n]
+        match = (windows == post).all(-1)
+        if real is not None:
+            match &= real.unfold(1, n, 1).all(-1)
+        end = torch.where(match, arange[: seq - n + 1], -1).max(-1).values + n - 1  # [batch]
+        return torch.where(match.any(-1), end, last)
+
     def _features(self, hidden: torch.Tensor) -> torch.Tensor:
         """The gate's features from the gate layer's input: [batch, d_model] float32 (CPU)."""
         batch, seq, _ = hidden.shape
-        mask = self._state.mask
-        if mask is not None and mask.shape == (batch, seq):
-            last = seq - 1 - mask.to(hidden.device).flip(-1).long().argmax(-1)  # last real token (any padding)
-        else:
-            last = torch.full((batch,), seq - 1, device=hidden.device)
+        end = self._prompt_ends(batch, seq, hidden.device)
         offsets = torch.tensor(self.model.positions, device=hidden.device)  # negative, e.g. [-5, ..., -1]
-        index = (last[:, None] + 1 + offsets[None]).clamp_min(0)  # [batch, n_positions]
+        index = (end[:, None] + 1 + offsets[None]).clamp_min(0)  # [batch, n_positions]
         picked = hidden.to(torch.float32).gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
         x = picked.mean(1) if self.gate.feature == "mean" else picked[:, -1]
         return x.cpu()
@@ -247,11 +278,16 @@ class GatedProfile:
                 self._state.by_prompt[key] = (bool(opened[row]), scale[row], float(probability[row]))
 
     def _prompt_ids(self, batch: int) -> list[tuple[int, ...]]:
-        """The real (unpadded) tokens of each sequence of the current prefill ([] when unknown)."""
+        """The real (unpadded) prompt tokens of each sequence of the current prefill ([] when unknown)."""
         ids, mask = self._state.input_ids, self._state.mask
         if ids is None or ids.shape[0] != batch:
             return []
-        return [tuple((ids[row] if mask is None else ids[row][mask[row].bool()]).tolist()) for row in range(batch)]
+        ends = self._prompt_ends(batch, ids.shape[1], ids.device).tolist()
+        rows = []
+        for row, end in enumerate(ends):
+            tokens = ids[row, : end + 1]
+            rows.append(tuple((tokens if mask is None else tokens[mask[row, : end + 1].bool()]).tolist()))
+        return rows
 
     @property
     def decision(self) -> GateDecision | None:
@@ -284,6 +320,46 @@ class GatedProfile:
             yield
         finally:
             self._state.vetoed = set()
+
+    @torch.no_grad()
+    def decide(self, prompts: Sequence[str], batch_size: int = 32) -> GateDecision:
+        """The gate's decisions for ``prompts`` (in their order), running only the layers below the gate.
+
+        The same decisions the prompts' prefills take (segment veto included), without running the rest of
+        the model: use it to see which prompts a profile would answer, or to route requests.
+
+        Examples:
+            >>> profile.decide(["Write a port scanner.", "Bake a cake."]).opened          # doctest: +SKIP
+            tensor([ True, False])
+        """
+        prompts = list(prompts)
+        opened, scales, probabilities = [], [], []
+        state = self._state
+        with self.segment_veto(prompts):
+            state.stop_after_gate = True
+            try:
+                for batch in self.model.batches(prompts, batch_size):
+                    enc = self.model.encode(batch)
+                    enc = {k: v.to(module_device(self.hf_model)) for k, v in enc.items()}
+                    try:
+                        self.hf_model(**enc, use_cache=False)
+                    except _GateDecided:
+                        pass
+                    assert state.decision is not None
+                    opened.append(state.decision.opened)
+                    scales.append(state.decision.scale.cpu())
+                    probabilities.append(state.decision.probability)
+            finally:
+                state.stop_after_gate = False
+                state.scale = None
+        n = len(self.domains)
+        decision = GateDecision(
+            torch.cat(opened) if opened else torch.zeros(0, dtype=torch.bool),
+            torch.cat(scales) if scales else torch.zeros(0, n),
+            torch.cat(probabilities) if probabilities else torch.zeros(0),
+        )
+        state.decision = decision
+        return decision
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 16,
                  desc: str | None = None) -> list[str]:

@@ -33,11 +33,16 @@ class PipelineConfig:
         compose_weight: ΔW weight of each adapter in a profile of two or more domains (default 0.85; 1: the plain sum;
             see :func:`palette_lens.compose.profiles.profile_adapters`).
         steering_profiles: profiles evaluated with the run-time conditional steering baseline:
-            "reference" (the first single-domain profile), "singles" or "all".
+            "reference" (the first single-domain profile), "singles" (the default) or "all".
         ablation_profiles: the same for global directional ablation (it answers nearly every harmful prompt
             in full, so it is the most expensive variant).
-        gate_profiles: profiles also evaluated behind a domain gate (:mod:`palette_lens.gate.domain_gate`; "none" to skip),
-            reported as the ``domain_gate`` baseline; the gates are saved under ``gates/<profile>/``.
+        gate_profiles: profiles also evaluated as one gated model (:class:`palette_lens.gate.gated_profile.GatedProfile`:
+            the base model, the adapters unmerged, the domain gate deciding per prompt): "all" (the default),
+            "singles", "reference" or "none"; reported as each profile's ``gated`` entry, the gates saved under
+            ``gates/<profile>/``.
+        gate_routing: how a gated profile of several domains applies its deltas: "routed" (the default; each prompt
+            the gate opens for gets the delta of the domain the gate reads it as) or "merged" (all of them at
+            ``compose_weight``).
         gate: overrides of :class:`palette_lens.gate.config.GateConfig`.
         n_train: train prompts per domain for residuals / conditions (None: all).
         search: overrides of :class:`palette_lens.search.result.SearchConfig`.
@@ -67,9 +72,10 @@ class PipelineConfig:
     first_phase: int = 12
     pairs: str = "first"
     compose_weight: float = DEFAULT_COMPOSE_WEIGHT
-    steering_profiles: str = "all"
+    steering_profiles: str = "singles"
     ablation_profiles: str = "reference"
-    gate_profiles: str = "reference"
+    gate_profiles: str = "all"
+    gate_routing: str = "routed"
     gate: dict = field(default_factory=dict)
     n_train: int | None = None
     search: dict = field(default_factory=dict)

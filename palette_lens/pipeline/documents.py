@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from palette_lens.data.prompts import BORDERLINE, HARMLESS
-from palette_lens.evaluate.floors import check_floors
+from palette_lens.evaluate.floors import check_floors, recommend_deployment
 from palette_lens.evaluate.results import VariantResult
 
 if TYPE_CHECKING:
@@ -47,6 +47,15 @@ def build_documents(
     def rates(v: VariantResult) -> dict[str, float]:
         return v.refusal_rate()
 
+    def entry(v: VariantResult) -> dict[str, Any]:
+        return {"refusal_rate": rates(v), "harmless_kl": v.harmless_kl, "f1": v.classification()["f1"]}
+
+    def gated_entry(p: Profile) -> dict[str, Any]:
+        v = variants.get(f"{p.name} gated")
+        if v is None:
+            return {}
+        return {"gated": {**entry(v), "opened": {d: float(s) for d, s in v.extra.get("gate_opened", {}).items()}}}
+
     metrics = {
         "model": model.name,
         "n_layers": model.n_layers,
@@ -61,26 +70,23 @@ def build_documents(
             for t in targets
         },
         "profiles": {
-            p.name: {
-                "authorized": list(p.domains),
-                "refusal_rate": rates(variants[p.name]),
-                "harmless_kl": variants[p.name].harmless_kl,
-                "f1": variants[p.name].classification()["f1"],
-            }
+            p.name: {"authorized": list(p.domains), **entry(variants[p.name]), **gated_entry(p)}
             for p in profiles
         },
         "baselines": {
             kind: ({"refusal_rate": rates(res[reference.name])} if reference.name in res else {})
             for kind, res in baseline_results.items()
         },
-        "latency_ms_per_token": {k: latency.ms_per_token[k] for k in ("vanilla", "merged", "hooked")},
+        "latency_ms_per_token": {k: latency.ms_per_token[k] for k in ("vanilla", "merged", "hooked", "gated")
+                                 if k in latency.ms_per_token},
         "timings_s": dict(timings),
     }
     floors = {
-        p.name: check_floors(rates(variants[p.name]), base_rates, p.domains, harmful, variants[p.name].harmless_kl,
-                             config.widen)
-        for p in profiles
+        name: check_floors(rates(variants[name]), base_rates, p.domains, harmful, variants[name].harmless_kl,
+                           config.widen)
+        for p in profiles for name in (p.name, f"{p.name} gated") if name in variants
     }
+    recommended = {p.name: recommend_deployment(floors[p.name], floors.get(f"{p.name} gated")) for p in profiles}
     details = {
         "reference_profile": reference.name,
         "targets": list(targets),
@@ -88,6 +94,7 @@ def build_documents(
         "variants": {name: v.summary() for name, v in variants.items()},
         "baselines": {kind: {name: v.summary() for name, v in res.items()} for kind, res in baseline_results.items()},
         "floors": floors,
+        "recommended": recommended,
         "floors_widened_by": config.widen,
         "interference": inter,
         "conditions": {name: st.to_dict() for name, st in steering.items()},

@@ -40,10 +40,12 @@ from palette_lens.compose.profiles import (
 from palette_lens.data.prompts import BORDERLINE, HARMLESS, PromptSet
 from palette_lens.errors import PaletteError
 from palette_lens.evaluate.evaluator import EvalConfig, Evaluator
-from palette_lens.evaluate.gated import evaluate_gated
+from palette_lens.evaluate.gated import evaluate_gated_profile
 from palette_lens.evaluate.latency import measure_latency
 from palette_lens.evaluate.results import EvalSet, VariantResult
-from palette_lens.gate.config import GateConfig
+from palette_lens.gate.config import GateConfig, default_gate_layer
+from palette_lens.gate.gated_profile import GatedProfile
+from palette_lens.gate.training import fit_gate
 from palette_lens.models.chat_model import ChatModel
 from palette_lens.models.residuals import collect_residuals
 from palette_lens.pipeline.config import DEFAULT_TARGETS, PipelineConfig
@@ -169,7 +171,9 @@ def run_pipeline(
     check_compose_weight(config.compose_weight)  # a bad setting fails before anything is written
     for which in (config.steering_profiles, config.ablation_profiles, config.gate_profiles):
         _profiles_for(which, [])
-    GateConfig(**config.gate)
+    gate_config = GateConfig(**config.gate)
+    if config.gate_routing not in ("routed", "merged"):
+        raise PaletteError(f"unknown gate routing {config.gate_routing!r} (routed or merged)")
     run = RunFolder(out)
     run.clear_summary()
     timings = dict(timings or {})
@@ -194,6 +198,12 @@ def run_pipeline(
         prompts.check_domain(t)
         if t not in harmful:
             raise PaletteError(f"target {t!r} is not a harmful domain")
+    profiles = list(profiles) if profiles is not None else default_profiles(targets, config.pairs)
+    gated_profiles = _profiles_for(config.gate_profiles, profiles)
+    if (config.gate_routing == "routed" and gate_config.probe != "domains"
+            and any(len(p) > 1 for p in gated_profiles)):
+        raise PaletteError("routed gated profiles need the gate's domain probe (gate probe 'domains'), or set "
+                           "gate_routing='merged'")
 
     # 1. baseline (vanilla generations on the test split, reused by every later stage)
     with timer.stage("baseline"):
@@ -228,7 +238,6 @@ def run_pipeline(
 
     # 4. compose
     with timer.stage("compose"):
-        profiles = list(profiles) if profiles is not None else default_profiles(targets, config.pairs)
         merged = {p.name: merged_profile(model, profile_adapters(p, adapters, config.compose_weight))
                   for p in profiles}
         inter = interference([adapters[t] for t in targets])
@@ -239,7 +248,23 @@ def run_pipeline(
         for p in profiles:
             variants[p.name] = evaluator.evaluate_lm(p.name, merged[p.name], p.domains, kind="merged")
 
-    # 6. baselines
+    # 6. every selected profile as one gated model (base weights, adapters unmerged, the gate deciding per prompt)
+    gated: dict[str, GatedProfile] = {}
+    with timer.stage("gated"):
+        for p in gated_profiles:
+            gate_layer = default_gate_layer(model) if gate_config.layer is None else gate_config.layer
+            early = [d for d in p.domains if adapters[d].layer_index < gate_layer]
+            if early:  # the gate would decide after the adapter ran
+                log.warning("profile %s is not evaluated gated: adapter %r sits before the gate's layer %d",
+                            p.name, early[0], gate_layer)
+                continue
+            gate = fit_gate(model, prompts, p.domains, gate_config)
+            gate.save(run.gate_dir(p.name))
+            gated[p.name] = GatedProfile(model, [adapters[d] for d in p.domains], gate, routing=config.gate_routing,
+                                         compose_weight=config.compose_weight)
+            variants[f"{p.name} gated"] = evaluate_gated_profile(evaluator, gated[p.name], f"{p.name} gated")
+
+    # 7. baselines
     steering: dict[str, ConditionalSteering] = {}
     baseline_results: dict[str, dict[str, VariantResult]] = {"global_ablation": {}, "runtime_steering": {}}
     with timer.stage("baselines"):
@@ -264,12 +289,8 @@ def run_pipeline(
             baseline_results["runtime_steering"][p.name] = evaluator.evaluate_routed(
                 f"runtime_steering:{p.name}", routes, lambda key, st=st: st.hooks_for(model, key), p.domains,
             )
-        for p in _profiles_for(config.gate_profiles, profiles):
-            baseline_results.setdefault("domain_gate", {})[p.name] = evaluate_gated(
-                evaluator, model, prompts, f"domain_gate:{p.name}", p.domains, merged[p.name],
-                GateConfig(**config.gate), run.gate_dir(p.name))[1]
 
-    # 7. latency (vanilla vs merged profile vs hook-based steering, side by side)
+    # 8. latency (vanilla vs merged profile vs hook-based steering vs the gated profile, side by side)
     reference = next(p for p in profiles if len(p) >= 1)
     with timer.stage("latency"):
         lat_prompts = list(evalset.prompts[HARMLESS])
@@ -282,11 +303,13 @@ def run_pipeline(
         )
         variants_lat["hooked"] = (None, st_ref.runtime_hooks(model))
         variants_lat["bridge_no_hooks"] = (None, ())
+        if reference.name in gated:
+            variants_lat["gated"] = (gated[reference.name].hf_model, ())
         latency = measure_latency(
             model, lat_prompts, variants_lat, config.latency_tokens, config.latency_batch, config.latency_repeats
         )
 
-    # 8. metrics, details, report
+    # 9. metrics, details, report
     with timer.stage("report"):
         metrics, details = build_documents(
             model, prompts, config, targets, adapters, profiles, variants, baseline_results, reference, base_rates,

@@ -140,6 +140,39 @@ def utility_section(utility: Mapping) -> str:
     )
 
 
+def deployment_section(metrics: Mapping, details: Mapping) -> str:
+    """The "Merged or gated" section: per profile, both forms against the floors and the one recommended."""
+    rows = []
+    for name, rec in details["recommended"].items():
+        prof = metrics["profiles"][name]
+        gated = prof.get("gated")
+        floors = details["floors"]
+        opened = ([gated["opened"].get(d, 0.0) for d in prof["authorized"]] if gated else [])
+        others = [v for d, v in (gated or {}).get("opened", {}).items()
+                  if d not in prof["authorized"] and d in metrics["domains"]]
+        rows.append([
+            name, _ok(bool(floors[name]["ok"])),
+            _ok(bool(floors[f"{name} gated"]["ok"])) if f"{name} gated" in floors else "–",
+            _pct(min(opened)) if opened else "–", _pct(max(others)) if others else "–",
+            _pct(gated["refusal_rate"].get("harmless")) if gated else "–",
+            ("raw", f"<b>{_e(rec['deployment'])}</b>" + ("" if rec["meets_floors"] else
+                                                       f" <span class='muted'>(fails {_e(', '.join(rec['failed']))})</span>")),
+        ])
+    routing = details.get("config", {}).get("gate_routing", "routed")
+    return (
+        "<h2>Merged or gated: how to deploy each profile</h2>"
+        '<p class="muted">Merged: the base weights plus the profile\'s weighted deltas, answering every prompt. Gated: '
+        "one model with the adapters unmerged and the profile's domain gate deciding per prompt, during the prefill, "
+        f"which delta applies ({_e(routing)}: "
+        + ("each prompt gets the delta of the domain the gate reads it as" if routing == "routed" else
+           "every delta at the composition weight")
+        + "); a prompt the gate does not open for is answered exactly as by the base model. The recommended form "
+        "is the gated one when it meets the floors (defence in depth), else the merged one when that does.</p>"
+        + html_table(["profile", "merged: floors", "gated: floors", "gate opened (authorized, worst)",
+                      "gate opened (other harmful, most)", "gated harmless refusal", "recommended"], rows)
+    )
+
+
 def build_report(metrics: Mapping, details: Mapping, title: str = "palette-lens report",
                  utility: Mapping | None = None) -> str:
     """The report page as a string (plotly.js inlined once); ``utility``: ``utility.json`` content, if any."""
@@ -196,10 +229,14 @@ def build_report(metrics: Mapping, details: Mapping, title: str = "palette-lens 
         ["profile", "authorized refusal (worst)", "kept (worst)", "kept (mean)", "harmless Δ", "harmless KL",
          "borderline Δ", "F1", "floors"], rows))
     if ratios:
+        gated_ratio = (f", gated profile (one model, the gate deciding per prompt) <b>×{ratios['gated']:.3f}</b>"
+                       if "gated" in ratios else "")
         parts.append(
             f"<p>Latency per token vs vanilla: merged profile <b>×{ratios.get('merged', 0):.3f}</b>, hook-based "
-            f"conditional steering <b>×{ratios.get('hooked', 0):.3f}</b>.</p>"
+            f"conditional steering <b>×{ratios.get('hooked', 0):.3f}</b>{gated_ratio}.</p>"
         )
+    if details.get("recommended"):
+        parts.append(deployment_section(metrics, details))
     if utility:
         parts.append(utility_section(utility))
 
@@ -214,10 +251,10 @@ def build_report(metrics: Mapping, details: Mapping, title: str = "palette-lens 
 
     # leakage
     parts.append("<h2>Leakage matrix: refusal rate per variant and domain</h2>")
-    parts.append('<p class="muted">Rows: vanilla, each profile (merged adapters), and the baselines '
-                 "(global directional ablation; run-time conditional steering; domain_gate: the profile behind a "
-                 "domain gate, a probe that lets the adapters answer only prompts it reads as authorized), each for "
-                 "the profile in brackets. "
+    parts.append('<p class="muted">Rows: vanilla, each profile (merged adapters), each profile as one gated model '
+                 "(&lt;profile&gt; gated: the adapters act only on the prompts the gate reads as authorized), and "
+                 "the baselines (global directional ablation; run-time conditional steering), each for the profile "
+                 "in brackets. "
                  "Green = answers, red = refuses. A selective profile is green only in its authorized columns.</p>")
     names = [n for n, _ in variants]
     matrix = [[s["refusal_rate"].get(d) for d in cols] for _, s in variants]
@@ -233,7 +270,8 @@ def build_report(metrics: Mapping, details: Mapping, title: str = "palette-lens 
     parts.append(html_table(["variant", "authorized", *cols, "harmless KL", "F1", "success"], trows, left=2))
 
     # before / after bars for single profiles
-    singles = {n: s["refusal_rate"] for n, s in details["variants"].items() if n == "vanilla" or "+" not in n}
+    singles = {n: s["refusal_rate"] for n, s in details["variants"].items()
+               if n == "vanilla" or ("+" not in n and not n.endswith(" gated"))}
     figs.append(("bars", refusal_bars(singles, cols, "refusal per domain: vanilla vs single-domain profiles")))
     parts.append("@@fig:bars@@")
 
