@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -255,6 +256,32 @@ def test_merge_keeps_earlier_variants_on_as_many_problems(tmp_path):
     assert list(merge_with_earlier(path, new)) == ["vanilla", "hate", "cyber"]
     other = {"vanilla": {"pass_at_1": 0.6, "n": 20}}
     assert merge_with_earlier(path, other) == other
+
+
+def test_vanillas_replies_are_cached_for_the_next_run(tiny_qwen, tmp_path, monkeypatch):
+    """A second run on the same model and settings reads vanilla's replies instead of generating them; another
+    generation setting (or model) does not."""
+    from palette_lens.evaluate import utility
+    from palette_lens.evaluate.utility import measure_utility
+
+    monkeypatch.setenv("PALETTE_LENS_CACHE", str(tmp_path))
+    config = UtilityConfig(max_new_tokens=6, first_phase=3, batch_size=2, timeout_s=5)
+    first = measure_utility(tiny_qwen, {}, limit=2, config=config)["vanilla"]
+    assert len(list((tmp_path / "generations").glob("humaneval-*.safetensors"))) == 1
+
+    def no_generation(self, lm, desc):
+        raise AssertionError("vanilla's replies were generated again")
+
+    with monkeypatch.context() as m:
+        m.setattr(utility._Runner, "generate", no_generation)
+        again = measure_utility(tiny_qwen, {}, limit=2, config=config)["vanilla"]
+    assert again.completions == first.completions and again.passed == first.passed
+    calls = []
+    original = utility._Runner.generate
+    monkeypatch.setattr(utility._Runner, "generate", lambda self, lm, desc: calls.append(desc) or original(self, lm, desc))
+    measure_utility(tiny_qwen, {}, limit=2, config=replace(config, max_new_tokens=5))
+    measure_utility(tiny_qwen, {}, limit=2, config=replace(config, cache=False))
+    assert calls == ["vanilla", "vanilla"]
 
 
 # ---------------------------------------------------------------------- the command's checks, before any model

@@ -27,7 +27,7 @@ from palette_lens.cli.checks import (
     parse_profile,
 )
 from palette_lens.cli.common import echo, load_model_from_args
-from palette_lens.cli.options import add_model_arguments
+from palette_lens.cli.options import add_model_arguments, add_no_cache_argument
 from palette_lens.cli.value_types import compose_weight, integer, number, positive_int
 from palette_lens.errors import PaletteError
 
@@ -66,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, metavar="DIR",
                         help=f"the folder {UTILITY_FILE} goes into (default: the --from folder); a {UTILITY_FILE} "
                              "there from an earlier run on as many problems keeps the variants not measured again")
+    add_no_cache_argument(parser)
 
 
 def _utility_file_ok(path: Path) -> bool:
@@ -165,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
 
     checked = check_inputs(args)  # everything that can be checked without the model first
     profiles, out = checked["profiles"], checked["out"]
-    config = UtilityConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, timeout_s=args.timeout)
+    config = UtilityConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, timeout_s=args.timeout,
+                           cache=not args.no_cache)
 
     model = load_model_from_args(args)
     domains = list(dict.fromkeys(d for p in profiles for d in p.domains))

@@ -16,10 +16,13 @@ and vanilla's where it stays shut. Identical code of the same problem is execute
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from palette_lens.compose.profiles import DEFAULT_COMPOSE_WEIGHT, Profile, merged_profile, profile_adapters
@@ -32,6 +35,7 @@ from palette_lens.evaluate.humaneval import (
     extract_code,
     load_problems,
 )
+from palette_lens.util.paths import cache_root
 from palette_lens.util.sandbox import ExecutionResult
 from palette_lens.util.stats import wilson_interval
 
@@ -66,6 +70,9 @@ class UtilityConfig:
         timeout_s: wall-clock limit per program.
         workers: programs executed at once.
         template: the chat request (:data:`PROMPT_TEMPLATE`).
+        cache: keep vanilla's replies in the user cache (``~/.cache/palette-lens/generations``), keyed by the
+            model's weights and dtype, the prompts and the generation settings: a later run on the same model
+            measures its profiles without generating vanilla's replies again.
 
     Examples:
         >>> UtilityConfig(timeout_s=5).max_new_tokens
@@ -80,6 +87,7 @@ class UtilityConfig:
     timeout_s: float = 10.0
     workers: int = 2
     template: str = PROMPT_TEMPLATE
+    cache: bool = True
 
 
 @dataclass
@@ -177,11 +185,32 @@ class _Runner:
                                     batch_size=c.batch_size, first_phase=c.first_phase,
                                     verify_batch_size=c.verify_batch_size, desc=desc)
 
+    def cache_path(self) -> Path:
+        """Where vanilla's replies to these prompts, with these settings, are cached."""
+        from palette_lens.generation.greedy import CACHE_VERSION
+
+        c = self.config
+        digest = hashlib.sha256(json.dumps([
+            "humaneval", CACHE_VERSION, self.model.cache_key, self.model.system_prompt, c.max_new_tokens,
+            c.first_phase, self.prompts,
+        ]).encode()).hexdigest()[:24]
+        return cache_root() / "generations" / f"humaneval-{digest}.safetensors"
+
     def vanilla(self) -> Generations:
+        from palette_lens.generation.greedy import load_generations, save_generations
+
         if self.vanilla_gen is None:
+            path = self.cache_path() if self.config.cache else None
+            cached = load_generations(path) if path is not None and path.is_file() else None
+            if cached is not None and len(cached.texts) == len(self.prompts):
+                self.vanilla_gen = cached
+                log.info("%s: %d replies read from the cache %s", VANILLA, len(self.prompts), path)
+                return cached
             self.vanilla_gen = self.generate(self.plain, VANILLA)
             log.info("%s: %d replies, %d tokens in %.1fs", VANILLA, len(self.prompts),
                      sum(self.vanilla_gen.n_tokens), self.vanilla_gen.seconds)
+            if path is not None:
+                save_generations(path, self.vanilla_gen)
         return self.vanilla_gen
 
     def score(self, variant: str, texts: Sequence[str], t0: float, opened: int | None = None) -> UtilityResult:
