@@ -284,6 +284,27 @@ def test_vanillas_replies_are_cached_for_the_next_run(tiny_qwen, tmp_path, monke
     assert calls == ["vanilla", "vanilla"]
 
 
+def test_a_gated_variant_is_the_gated_model_open_or_shut(tiny_qwen, tmp_path, monkeypatch):
+    """An open gate answers every problem as the merged profile does, a shut one as vanilla."""
+    from helpers import TOPICS, random_adapter, toy_prompts
+
+    from palette_lens.evaluate.utility import measure_utility
+    from palette_lens.gate.config import GateConfig
+    from palette_lens.gate.training import fit_gate
+
+    monkeypatch.setenv("PALETTE_LENS_CACHE", str(tmp_path))
+    cyber = random_adapter(tiny_qwen, layer_index=2, seed=1, domain="cyber", scale=0.6)
+    gate = fit_gate(tiny_qwen, toy_prompts(TOPICS, 16), ["cyber"], GateConfig(layer=1, segment_veto=None))
+    config = UtilityConfig(max_new_tokens=6, first_phase=3, batch_size=2, timeout_s=5, use_drafts=False)
+    opened = measure_utility(tiny_qwen, {"cyber": cyber}, ["cyber"], {"cyber": replace(gate, threshold=-1.0)},
+                             limit=3, config=config)
+    assert opened["cyber gated"].opened == 3 and opened["cyber gated"].completions == opened["cyber"].completions
+    assert opened["cyber"].completions != opened["vanilla"].completions  # the adapter changes the replies
+    shut = measure_utility(tiny_qwen, {"cyber": cyber}, ["cyber"], {"cyber": replace(gate, threshold=1.0)},
+                           limit=3, config=config)
+    assert shut["cyber gated"].opened == 0 and shut["cyber gated"].completions == shut["vanilla"].completions
+
+
 # ---------------------------------------------------------------------- the command's checks, before any model
 def no_model(monkeypatch) -> None:
     from palette_lens.cli import utility

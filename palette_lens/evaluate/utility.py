@@ -6,11 +6,12 @@ this module adds a task benchmark on :mod:`palette_lens.evaluate.humaneval`: eac
 tests in the sandbox. pass@1 is the share of problems whose tests pass, with a Wilson 95% interval.
 
 Variants (:func:`measure_utility`): ``vanilla``; each profile merged (named as in ``metrics.json``, e.g.
-``cyber+disinformation``); and, where a gate is given for a profile, ``"<profile> gated"``, which answers
-with the merged profile only the prompts its gate opens for and with vanilla the rest. Vanilla is generated
-once; a merged profile checks vanilla's completions as drafts (:func:`palette_lens.generation.drafts.generate_with_drafts`)
-and generates only where it differs; a gated profile reuses the merged profile's completions where the gate opens
-and vanilla's where it stays shut. Identical code of the same problem is executed once.
+``cyber+disinformation``); and, where a gate is given for a profile, ``"<profile> gated"``, the profile as one
+gated model (:class:`palette_lens.gate.gated_profile.GatedProfile`, routed where the gate names domains). Vanilla
+is generated once (and cached on disk); a merged profile checks vanilla's completions as drafts
+(:func:`palette_lens.generation.drafts.generate_with_drafts`) and generates only where it differs; a gated profile
+generates only the prompts its gate opens for and reuses vanilla's replies where it stays shut (a shut gate is the
+base model exactly). Identical code of the same problem is executed once.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from palette_lens.evaluate.humaneval import (
     extract_code,
     load_problems,
 )
+from palette_lens.gate.gated_profile import GatedProfile
 from palette_lens.util.paths import cache_root
 from palette_lens.util.sandbox import ExecutionResult
 from palette_lens.util.stats import wilson_interval
@@ -185,6 +187,21 @@ class _Runner:
                                     batch_size=c.batch_size, first_phase=c.first_phase,
                                     verify_batch_size=c.verify_batch_size, desc=desc)
 
+    def generate_some(self, lm: Any, which: Sequence[bool], desc: str) -> list[str]:
+        """Replies of ``lm`` to the prompts flagged in ``which``, vanilla's to the others."""
+        from palette_lens.generation.greedy import generate_completions
+
+        c = self.config
+        texts = list(self.vanilla().texts)
+        idx = [i for i, flag in enumerate(which) if flag]
+        if idx:
+            gen = generate_completions(self.model, [self.prompts[i] for i in idx], lm=lm,
+                                       max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
+                                       first_phase=c.first_phase, desc=desc)
+            for i, text in zip(idx, gen.texts):
+                texts[i] = text
+        return texts
+
     def cache_path(self) -> Path:
         """Where vanilla's replies to these prompts, with these settings, are cached."""
         from palette_lens.generation.greedy import CACHE_VERSION
@@ -244,8 +261,9 @@ def measure_utility(
     Vanilla's replies are generated once. Each profile's merged model (:func:`palette_lens.compose.profiles.merged_profile`
     of :func:`palette_lens.compose.profiles.profile_adapters`, so profiles of two or more domains use
     ``compose_weight``) is built, used and released before the next one; it checks vanilla's replies as drafts
-    and generates only where it differs (``config.use_drafts``). A gated profile answers with the merged
-    profile the prompts its gate opens for and with vanilla the rest, so it reuses both sets of replies.
+    and generates only where it differs (``config.use_drafts``). A gated profile is the profile as one gated model
+    (:class:`~palette_lens.gate.gated_profile.GatedProfile`; routed when the gate names domains, else merged at
+    ``compose_weight``): it generates the prompts its gate opens for and reuses vanilla's replies for the rest.
 
     Args:
         model: the base chat model (left unchanged).
@@ -303,8 +321,10 @@ def measure_utility(
         gate = gates.get(profile.name)
         if gate is not None:
             t0 = time.perf_counter()
-            opens = gate.opens(model, runner.prompts)
-            texts = [g if o else v for g, v, o in zip(gen.texts, vanilla_gen.texts, opens)]
             name = profile.name + GATED_SUFFIX
+            gated = GatedProfile(model, [adapters[d] for d in profile.domains], gate, compose_weight=compose_weight,
+                                 routing="routed" if gate.classes or len(profile) == 1 else "merged")
+            opens = gated.decide(runner.prompts).opened.tolist()
+            texts = runner.generate_some(gated.hf_model, opens, name)
             out[name] = runner.score(name, texts, t0, opened=sum(opens))
     return out
