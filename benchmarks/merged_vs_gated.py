@@ -55,8 +55,8 @@ def markdown(rows: list[dict]) -> str:
     def pct(x: float | None) -> str:
         return "–" if x is None else f"{100 * x:.1f}%"
 
-    lines = ["| profile | form | authorized refusal (worst) | kept (worst) | kept (mean) | harmless Δ / KL | "
-             "borderline Δ | F1 | gate opened: authorized / other harmful | floors |",
+    lines = [("| profile | form | authorized refusal (worst) | kept (worst) | kept (mean) | harmless Δ / KL | "
+              "borderline Δ | F1 | gate opened: authorized / other harmful | floors |"),
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(
