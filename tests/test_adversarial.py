@@ -357,6 +357,42 @@ def test_cli_writes_table_and_json(tiny_qwen, tiny_run, tmp_path, monkeypatch, c
     assert "written:" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("given, expected", [(None, 0.6), ("1.0", 1.0)])
+def test_cli_merges_a_composed_profile_with_the_runs_weight(tiny_qwen, tiny_run, tmp_path, monkeypatch, capsys,
+                                                            given, expected):
+    """A composed profile's rows measure the profile evaluate measured: each ΔW weighted by the run's composition
+    weight (details.json), unless --compose-weight overrides it."""
+    import shutil
+
+    from palette_lens.cli import app as cli
+    from palette_lens.cli import leakage
+    from palette_lens.evaluate import leakage as measuring
+
+    folder, adapters = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(folder, run)
+    (run / "details.json").write_text(json.dumps({"config": {"compose_weight": 0.6}}))
+    _write_builtin(tmp_path / "data", monkeypatch)
+    monkeypatch.setattr(leakage, "load_model_from_args", lambda args: tiny_qwen)
+    seen: dict = {}
+    real = measuring.measure_leakage
+
+    def spy(model, prompts, profiles, *args, **kwargs):
+        seen.update(profiles)
+        return real(model, prompts, profiles, *args, **kwargs)
+
+    monkeypatch.setattr(measuring, "measure_leakage", spy)
+    code = cli.main(["leakage", "--from", str(run), "--profile", "cyber+violence", "--attack", "direct", "--limit", "1",
+                     "--max-new-tokens", "2", "--no-cache", *(["--compose-weight", given] if given else [])])
+    assert code == 0, capsys.readouterr().err
+    merged = seen["cyber+violence"]
+    assert [a.domain for a in merged] == ["cyber", "violence"]
+    for a in merged:
+        assert a.meta.get("composition_weight", 1.0) == pytest.approx(expected)  # weight 1: the adapter as baked
+        assert a.scaling == pytest.approx(expected * adapters[a.domain].scaling)
+    assert json.loads((run / "leakage.json").read_text())["settings"]["compose_weight"] == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--from", "{missing}"], "run folder not found"),
     (["--from", "{empty}"], "holds no adapters"),

@@ -117,7 +117,7 @@ def test_the_same_thing_has_the_same_name_in_every_command():
         assert "--from" in options[name], name
     for name in ("run", "demo", "evaluate", "baseline", "leakage"):
         assert "--limit" in options[name], name
-    for name in ("run", "demo", "evaluate", "compose"):
+    for name in ("run", "demo", "evaluate", "compose", "leakage", "utility"):
         assert "--compose-weight" in options[name], name
     gate = {"--gate-layer", "--gate-threshold", "--gate-probe", "--gate-kinds", "--gate-authorized-variants",
             "--gate-segment-veto", "--config"}

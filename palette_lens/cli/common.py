@@ -8,13 +8,18 @@ checked before any model loads by :mod:`palette_lens.cli.checks`, and ``--config
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
+from pathlib import Path
 
 from palette_lens.cli.checks import (
     check_data_args,
 )
 from palette_lens.cli.config_file import config_from_args
 from palette_lens.errors import PaletteError
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------- the gate's settings
@@ -89,6 +94,52 @@ def load_data_from_args(args: argparse.Namespace):
     for domain in prompts.domains:
         prompts.split(domain)
     return prompts
+
+
+def run_settings(folder: str | Path) -> tuple[dict, str | None]:
+    """A finished run's pipeline settings and data hash, read from its ``details.json``.
+
+    Returns ``({}, None)`` when the folder holds no ``details.json`` or it cannot be read (a bake output, an
+    older run): the commands then fall back to their own defaults.
+
+    Examples:
+        >>> run_settings("no/such/run")
+        ({}, None)
+    """
+    from palette_lens.pipeline.run_folder import RunFolder
+
+    path = RunFolder(Path(folder)).details_json
+    if not path.is_file():
+        return {}, None
+    try:
+        details = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        log.warning("%s is unreadable; using default settings", path)
+        return {}, None
+    if not isinstance(details, dict):
+        return {}, None
+    config = details.get("config") if isinstance(details.get("config"), dict) else {}
+    data = details.get("data") if isinstance(details.get("data"), dict) else {}
+    return config, data.get("hash")
+
+
+def compose_weight_for(given: float | None, run_config: dict) -> float:
+    """The ΔW weight of composed profiles: ``--compose-weight`` when given, else the run's, else the default.
+
+    Examples:
+        >>> compose_weight_for(None, {"compose_weight": 1.0}), compose_weight_for(0.5, {"compose_weight": 1.0})
+        (1.0, 0.5)
+        >>> compose_weight_for(None, {})
+        0.85
+    """
+    if given is not None:
+        return float(given)
+    weight = run_config.get("compose_weight")
+    if isinstance(weight, (int, float)) and not isinstance(weight, bool):
+        return float(weight)
+    from palette_lens.compose.profiles import DEFAULT_COMPOSE_WEIGHT
+
+    return float(DEFAULT_COMPOSE_WEIGHT)
 
 
 def echo(text: str = "") -> None:

@@ -1,7 +1,7 @@
 """``palette-lens leakage``: non-target refusal of profiles under adversarial prompts.
 
 Reads the adapters of a finished run folder (``DIR/adapters/<domain>/``); a profile is one domain or several
-(``cyber+hate``: their adapters merged, as ``compose`` merges them). It builds for each profile the
+(``cyber+hate``: their adapters merged with the composition weight, as the pipeline and ``compose`` merge them). It builds for each profile the
 non-target test prompts framed as its profession, wrapped in role-play templates and mixed with a target
 request (:mod:`palette_lens.evaluate.leakage`), and compares the merged profile's refusal with vanilla's on the same
 prompts. Writes ``leakage.md`` and ``leakage.json`` into ``--out`` (default: the run folder). With ``--gate`` each profile is also
@@ -24,8 +24,16 @@ from palette_lens.cli.checks import (
     check_output_folder,
     parse_profile,
 )
-from palette_lens.cli.common import echo, gate_config_from_args, load_data_from_args, load_model_from_args
+from palette_lens.cli.common import (
+    compose_weight_for,
+    echo,
+    gate_config_from_args,
+    load_data_from_args,
+    load_model_from_args,
+    run_settings,
+)
 from palette_lens.cli.options import (
+    add_compose_weight_argument,
     add_config_argument,
     add_data_arguments,
     add_gate_arguments,
@@ -35,7 +43,6 @@ from palette_lens.cli.options import (
     warn,
 )
 from palette_lens.cli.value_types import integer, positive_int
-from palette_lens.pipeline.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attack", action="append", default=None, choices=ATTACK_KINDS,
                         help="an attack kind (repeatable; default: all)")
     add_limit_argument(parser, "prompts per profile and attack", default=24)
+    add_compose_weight_argument(parser, from_run=True)
     parser.add_argument("--attack-seed", type=integer, default=0, metavar="N", help="seed of the prompt sampling")
     parser.add_argument("--mixed-order", choices=MIXED_ORDERS, default="random",
                         help="order of the two requests in mixed prompts (default: random, seeded)")
@@ -88,23 +96,6 @@ def output_paths(args: argparse.Namespace, folder: Path) -> tuple[Path, Path]:
     return check_output_file(out / "leakage.md"), check_output_file(out / "leakage.json")
 
 
-def _run_settings(folder: Path) -> tuple[dict, str | None]:
-    """The run's pipeline config and data hash from ``details.json`` ({} / None when absent or unreadable)."""
-    path = RunFolder(folder).details_json
-    if not path.is_file():
-        return {}, None
-    try:
-        details = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        log.warning("%s is unreadable; using default generation settings", path)
-        return {}, None
-    if not isinstance(details, dict):
-        return {}, None
-    config = details.get("config") if isinstance(details.get("config"), dict) else {}
-    data = details.get("data") if isinstance(details.get("data"), dict) else {}
-    return config, data.get("hash")
-
-
 def _profiles(specs: list[str]) -> dict[str, tuple[str, ...]]:
     """``--profile`` values → profile name ("cyber+hate", domains in the order given) → its domains."""
     profiles = [parse_profile(spec) for spec in specs]  # an empty or repeating profile is a PaletteError
@@ -112,6 +103,7 @@ def _profiles(specs: list[str]) -> dict[str, tuple[str, ...]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from palette_lens.compose.profiles import Profile, profile_adapters
     from palette_lens.data.attacks import professions_for
     from palette_lens.errors import PaletteError
     from palette_lens.evaluate.evaluator import EvalConfig
@@ -148,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
             professions_for(p)
     out_md, out_json = output_paths(args, folder)
 
-    run_config, data_hash = _run_settings(folder)
+    run_config, data_hash = run_settings(folder)
+    weight = compose_weight_for(args.compose_weight, run_config)
     if data_hash and data_hash != prompts.data_hash():
         log.warning("the prompts differ from the run's (data hash %s, run %s): the test split may not be held out",
                     prompts.data_hash(), data_hash)
@@ -168,7 +161,10 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     artifacts = load_run(folder, model, list(dict.fromkeys(d for p in wanted.values() for d in p)))
     adapters = {name: [artifacts.adapters[d] for d in p] for name, p in wanted.items()}
-    profiles: dict = {name: a[0] if len(a) == 1 else a for name, a in adapters.items()}
+    # merged rows as the pipeline merges them: composed profiles with each ΔW weighted by the composition weight
+    profiles: dict = {name: a[0] if len(a) == 1 else profile_adapters(Profile(tuple(wanted[name])), artifacts.adapters,
+                                                                        weight)
+                      for name, a in adapters.items()}
     authorized = dict(wanted)
     gates = {}
     if gate_config is not None:
@@ -183,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
             gate.save(RunFolder(out_md.parent).gate_dir(name))
             gated = f"{name} gated"
             routing = "routed" if gate.classes or len(p) == 1 else "merged"  # a binary probe cannot name the domain
-            profiles[gated] = GatedProfile(model, adapters[name], gate, routing=routing)
+            profiles[gated] = GatedProfile(model, adapters[name], gate, routing=routing, compose_weight=weight)
             authorized[gated], gates[gated] = p, gate
         if args.gated_only:
             for name in wanted:
@@ -192,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
                             authorized=authorized, gates=gates)
     table.settings["run_folder"] = str(folder)
     table.settings["data_hash"] = prompts.data_hash()
+    table.settings["compose_weight"] = weight
     atomic_write_text(out_json, json.dumps(table.to_dict(), indent=1))
     text = table.markdown() + "\n\nRefusal on the authorized domain (should fall):\n\n" + table.markdown_target() + "\n"
     atomic_write_text(out_md, text)

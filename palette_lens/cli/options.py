@@ -93,10 +93,14 @@ def add_limit_argument(parser: argparse.ArgumentParser, help_text: str, default:
         alias(parser, old, "--limit", "limit", type=positive_int, metavar="N")
 
 
-def add_compose_weight_argument(parser: argparse.ArgumentParser, old: str | None = None) -> None:
+def add_compose_weight_argument(parser: argparse.ArgumentParser, old: str | None = None,
+                                from_run: bool = False) -> None:
+    """``--compose-weight`` (``from_run``: a command reading a finished run defaults to that run's weight)."""
+    default = "the run's, from RUN/details.json, else 0.85" if from_run else (
+        "0.85, which leaks less into the other domains than 1, the plain sum; docs/results.md")
     parser.add_argument("--compose-weight", type=compose_weight, default=None, metavar="W",
-                        help="ΔW weight of each adapter in a profile of two or more domains, in (0, 2] (default: 0.85, "
-                             "which leaks less into the other domains than 1, the plain sum; docs/results.md)")
+                        help=f"ΔW weight of each adapter in a profile of two or more domains, in (0, 2] (default: "
+                             f"{default})")
     if old:
         alias(parser, old, "--compose-weight", "compose_weight", type=compose_weight, metavar="W")
 

@@ -26,9 +26,9 @@ from palette_lens.cli.checks import (
     check_profiles_have,
     parse_profile,
 )
-from palette_lens.cli.common import echo, load_model_from_args
-from palette_lens.cli.options import add_model_arguments, add_no_cache_argument
-from palette_lens.cli.value_types import compose_weight, integer, number, positive_int
+from palette_lens.cli.common import compose_weight_for, echo, load_model_from_args, run_settings
+from palette_lens.cli.options import add_compose_weight_argument, add_model_arguments, add_no_cache_argument
+from palette_lens.cli.value_types import integer, number, positive_int
 from palette_lens.errors import PaletteError
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="greedy tokens per reply")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
                         help="sequences per generation batch")
-    parser.add_argument("--compose-weight", type=compose_weight, default=None, metavar="W",
-                        help="ΔW weight of each adapter in a profile of two or more domains, in (0, 2] (default: the "
-                             "run's, from RUN/details.json, else 0.85)")
+    add_compose_weight_argument(parser, from_run=True)
     parser.add_argument("--out", default=None, metavar="DIR",
                         help=f"the folder {UTILITY_FILE} goes into (default: the --from folder); a {UTILITY_FILE} "
                              "there from an earlier run on as many problems keeps the variants not measured again")
@@ -79,19 +77,6 @@ def _utility_file_ok(path: Path) -> bool:
         isinstance(v, dict) and isinstance(v.get("pass_at_1"), (int, float)) and isinstance(v.get("n"), int)
         for v in doc.values()
     )
-
-
-def _run_compose_weight(folder: Path) -> float | None:
-    """The composition weight in the run's ``details.json`` (None when there is none)."""
-    path = folder / "details.json"
-    if not path.is_file():
-        return None
-    try:
-        details = json.loads(path.read_text(encoding="utf-8"))
-        weight = details.get("config", {}).get("compose_weight")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return float(weight) if isinstance(weight, (int, float)) else None
 
 
 def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
@@ -131,15 +116,9 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
     if out.exists() and not _utility_file_ok(out):
         raise PaletteError(f"--out: {out} exists and is not a {UTILITY_FILE} written by palette-lens utility; move it "
                            "or give another folder")
-    weight = args.compose_weight
-    if weight is None:
-        weight = _run_compose_weight(folder)
-    if weight is None:
-        from palette_lens.compose.profiles import DEFAULT_COMPOSE_WEIGHT
-
-        weight = DEFAULT_COMPOSE_WEIGHT
+    weight = compose_weight_for(args.compose_weight, run_settings(folder)[0])
     return {"folder": None if builtin else folder, "have": have, "profiles": profiles, "out": out,
-            "compose_weight": float(weight)}
+            "compose_weight": weight}
 
 
 def merge_with_earlier(path: Path, table: dict[str, dict]) -> dict[str, dict]:
