@@ -307,6 +307,36 @@ def test_drafts_give_the_same_completions_as_generation(stopping_model, scale):
         assert drafted.verified.count("continued") > 0
 
 
+def test_stop_when_cuts_a_reply_where_it_first_holds_in_either_phase(stopping_model):
+    """``stop_when`` ends each sequence at the first token where it holds (in the first phase or the second);
+    the tokens before are those of the full generation. With drafts, a reply is the full reply cut no earlier."""
+    from palette_lens.adapters.apply import merged_hf_model
+    from palette_lens.generation.drafts import generate_with_drafts
+    from palette_lens.models.copies import plain_hf_model
+
+    m = stopping_model
+    prompts = PROMPTS * 2
+    lm = merged_hf_model(m, [random_adapter(m, seed=5, scale=0.3)])
+
+    def long_enough(text: str) -> bool:
+        return len(text) >= 10
+
+    full = generate_completions(m, prompts, lm=lm, max_new_tokens=12, first_phase=3)
+    cut = generate_completions(m, prompts, lm=lm, max_new_tokens=12, first_phase=3, stop_when=long_enough)
+    where = []
+    for ids, got in zip(full.token_ids, cut.token_ids):
+        k = next((k for k in range(1, len(ids) + 1)
+                  if long_enough(m.tokenizer.decode(ids[:k], skip_special_tokens=True))), len(ids))
+        assert got == ids[:k]
+        where.append(k)
+    assert any(k <= 3 for k in where) and any(3 < k < len(ids) for k, ids in zip(where, full.token_ids))
+    vanilla = generate_completions(m, prompts, lm=plain_hf_model(m), max_new_tokens=12, first_phase=3)
+    drafted = generate_with_drafts(m, lm, prompts, vanilla, max_new_tokens=12, first_phase=3, verify_batch_size=4,
+                                   stop_when=long_enough)
+    for ids, got, k in zip(full.token_ids, drafted.token_ids, where):
+        assert got == ids[:len(got)] and len(got) >= k
+
+
 def test_first_changed_layer_sees_where_weights_differ(stopping_model):
     from palette_lens.adapters.apply import merged_hf_model
     from palette_lens.generation.shared_prefix import first_changed_layer

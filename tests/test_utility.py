@@ -205,6 +205,22 @@ def test_an_unterminated_block_counts_to_the_end():
     assert code.rstrip().endswith("return math.pi * r * r") and "```" not in code
 
 
+@pytest.mark.parametrize("reply", [
+    "Sure:\n```python\ndef area(r):\n    return math.pi * r * r\n```\nUsage:\n```python\nprint(area(2))\n```",
+    "```text\nnot code\n```\n```py\ndef area(r):\n    return math.pi * r ** 2\n```\nThat is all.",
+    "Here it is:\n```python3\n    return math.pi * r * r\n``` and more text",
+    "def area(r):\n    return math.pi * r * r\n",
+])
+def test_a_reply_stopped_once_its_python_block_closed_gives_the_same_program(reply):
+    """Every prefix at which python_block_closed holds already yields the whole reply's program."""
+    from palette_lens.evaluate.humaneval import python_block_closed
+
+    closed = [k for k in range(len(reply) + 1) if python_block_closed(reply[:k])]
+    assert closed == list(range(closed[0], len(reply) + 1)) if closed else "```" not in reply
+    for k in closed:
+        assert extract_code(reply[:k], PROBLEM) == extract_code(reply, PROBLEM)
+
+
 def test_helpers_of_the_prompt_are_kept_unless_redefined(problems):
     p = problems[10]  # make_palindrome calls is_palindrome, defined in the prompt
     body = p.canonical_solution

@@ -106,17 +106,31 @@ def chat_prompt(problem: Problem, template: str = PROMPT_TEMPLATE) -> str:
 
 # ---------------------------------------------------------------------- code from a reply
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON_TAGS = ("python", "py", "python3")
 
 
 def _code_block(reply: str) -> str:
     """The first ```python block of ``reply`` (else the first fenced block, else the whole reply)."""
     blocks = [(m.group(1).lower(), m.group(2)) for m in _FENCE.finditer(reply)]
     for lang, body in blocks:
-        if lang in ("python", "py", "python3"):
+        if lang in _PYTHON_TAGS:
             return body
     if blocks:
         return blocks[0][1]
     return reply
+
+
+def python_block_closed(reply: str) -> bool:
+    """Whether ``reply`` already holds a closed ```python block, so that text after it cannot change the program
+    :func:`extract_code` takes (the first python block wins); a generation may stop there.
+
+    Examples:
+        >>> python_block_closed("Here:\\n```python\\ndef f():\\n    return 1\\n```"), python_block_closed("```python\\nx = 1")
+        (True, False)
+        >>> python_block_closed("```text\\nusage\\n```\\n")  # a python block may still follow
+        False
+    """
+    return any(m.group(1).lower() in _PYTHON_TAGS and m.group(0).endswith("```") for m in _FENCE.finditer(reply))
 
 
 def _prompt_preamble(problem: Problem, code: str) -> str:

@@ -35,6 +35,7 @@ from palette_lens.evaluate.humaneval import (
     check_solutions,
     extract_code,
     load_problems,
+    python_block_closed,
 )
 from palette_lens.gate.gated_profile import GatedProfile
 from palette_lens.util.paths import cache_root
@@ -72,6 +73,10 @@ class UtilityConfig:
         timeout_s: wall-clock limit per program.
         workers: programs executed at once.
         template: the chat request (:data:`PROMPT_TEMPLATE`).
+        stop_after_code: a profile's reply stops once its first python code block is closed (the program
+            :func:`palette_lens.evaluate.humaneval.extract_code` takes cannot change after it; the explanation
+            models write after the code is not generated). Vanilla's replies are always generated in full: they
+            are the profiles' drafts and are cached.
         cache: keep vanilla's replies in the user cache (``~/.cache/palette-lens/generations``), keyed by the
             model's weights and dtype, the prompts and the generation settings: a later run on the same model
             measures its profiles without generating vanilla's replies again.
@@ -86,6 +91,7 @@ class UtilityConfig:
     first_phase: int = 256
     verify_batch_size: int = 8
     use_drafts: bool = True
+    stop_after_code: bool = True
     timeout_s: float = 10.0
     workers: int = 2
     template: str = PROMPT_TEMPLATE
@@ -180,12 +186,17 @@ class _Runner:
         from palette_lens.generation.greedy import generate_completions
 
         c = self.config
-        if lm is self.plain or self.vanilla_gen is None or not c.use_drafts:
+        if lm is self.plain:  # vanilla's replies in full: they are cached and serve as every profile's drafts
             return generate_completions(self.model, self.prompts, lm=lm, max_new_tokens=c.max_new_tokens,
                                         batch_size=c.batch_size, first_phase=c.first_phase, desc=desc)
+        stop_when = python_block_closed if c.stop_after_code else None
+        if self.vanilla_gen is None or not c.use_drafts:
+            return generate_completions(self.model, self.prompts, lm=lm, max_new_tokens=c.max_new_tokens,
+                                        batch_size=c.batch_size, first_phase=c.first_phase, desc=desc,
+                                        stop_when=stop_when)
         return generate_with_drafts(self.model, lm, self.prompts, self.vanilla_gen, max_new_tokens=c.max_new_tokens,
                                     batch_size=c.batch_size, first_phase=c.first_phase,
-                                    verify_batch_size=c.verify_batch_size, desc=desc)
+                                    verify_batch_size=c.verify_batch_size, desc=desc, stop_when=stop_when)
 
     def generate_some(self, lm: Any, which: Sequence[bool], desc: str) -> list[str]:
         """Replies of ``lm`` to the prompts flagged in ``which``, vanilla's to the others."""
@@ -197,7 +208,8 @@ class _Runner:
         if idx:
             gen = generate_completions(self.model, [self.prompts[i] for i in idx], lm=lm,
                                        max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
-                                       first_phase=c.first_phase, desc=desc)
+                                       first_phase=c.first_phase, desc=desc,
+                                       stop_when=python_block_closed if c.stop_after_code else None)
             for i, text in zip(idx, gen.texts):
                 texts[i] = text
         return texts

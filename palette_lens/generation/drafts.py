@@ -9,13 +9,14 @@ generates only from the first token where it differs.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from palette_lens.generation.greedy import (
     Generations,
+    either,
     encode_prompts,
     generate_two_phase,
     left_pad,
@@ -112,6 +113,7 @@ def generate_with_drafts(
     desc: str | None = None,
     stop_on_refusal: bool = False,
     stop_when_judged: bool = False,
+    stop_when: Callable[[str], bool] | None = None,
     prefix: PrefixStates | None = None,
 ) -> Generations:
     """``lm``'s greedy completions, using another model's completions of the same prompts as drafts.
@@ -134,6 +136,8 @@ def generate_with_drafts(
         stop_on_refusal: as in :func:`generate_completions`; a draft that was cut once its
             verdict was decided and that ``lm`` reproduces gets the same verdict from ``lm``.
         stop_when_judged: as ``stop_on_refusal``.
+        stop_when: as in :func:`generate_completions`; a draft that first differs only after it holds is not
+            continued.
         prefix: per prompt, the hidden states entering a decoder layer for prompt + draft (truncated to
             ``max_new_tokens``), from a model equal to ``lm`` below that layer: the check then runs only
             the layers from there on (:func:`verify_greedy`).
@@ -145,7 +149,8 @@ def generate_with_drafts(
         raise ValueError("drafts must hold token ids for every prompt")
     stop = set(model.stop_token_ids)
     ids = encode_prompts(model, prompts)
-    decided = stop_decider(stop_on_refusal, stop_when_judged)
+    judged = stop_decider(stop_on_refusal, stop_when_judged)
+    decided = either(judged, stop_when)
     direct = [i for i in range(n) if generate is not None and generate[i]]
     check = [i for i in range(n) if not (generate is not None and generate[i])]
     new: list[list[int]] = [[] for _ in range(n)]
@@ -177,7 +182,8 @@ def generate_with_drafts(
                 cont.append((i, agreed + [tok[j]]))
     if direct:
         d_new, d_end, d_first = generate_two_phase(
-            model, lm, [ids[i] for i in direct], max_new_tokens, batch_size, first_phase, True, desc, decided=decided,
+            model, lm, [ids[i] for i in direct], max_new_tokens, batch_size, first_phase, True, desc, decided=judged,
+            stop_when=stop_when,
         )
         for j, i in enumerate(direct):
             new[i], ended[i], first[i] = d_new[j], d_end[j], d_first[j]
@@ -185,7 +191,7 @@ def generate_with_drafts(
         budget = max(max_new_tokens - len(p) for _, p in cont)
         c_new, c_end, _ = generate_two_phase(
             model, lm, [ids[i] + p for i, p in cont], budget, batch_size, first_phase, False,
-            f"{desc} (after drafts)" if desc else None, decided=decided, heads=[p for _, p in cont],
+            f"{desc} (after drafts)" if desc else None, decided=judged, heads=[p for _, p in cont], stop_when=stop_when,
         )
         for (i, p), extra, e in zip(cont, c_new, c_end):
             room = max_new_tokens - len(p)

@@ -192,6 +192,7 @@ def generate_completions(
     desc: str | None = None,
     stop_on_refusal: bool = False,
     stop_when_judged: bool = False,
+    stop_when: Callable[[str], bool] | None = None,
 ) -> Generations:
     """Greedy completions (stopping at end of turn), two-phase and batched, with first-token scores.
 
@@ -214,6 +215,9 @@ def generate_completions(
             (:data:`palette_lens.refusal.judge.JUDGE_HORIZON` characters): its verdict cannot change any more
             (:func:`palette_lens.refusal.judge.verdict_is_final`); refusal rates are unchanged, answers are cut at
             about 45 tokens instead of ``max_new_tokens``.
+        stop_when: a sequence stops (in either phase) once this holds for its decoded text so far, for a caller
+            that reads only part of an answer (the utility benchmark stops at the end of the first code block);
+            the tokens up to there are the same as without it.
 
     Returns:
         :class:`Generations`, in the order of ``prompts``; ``first_scores`` is [n_prompts] (float32) when
@@ -239,7 +243,7 @@ def generate_completions(
     with ctx:
         new, ended, first = generate_two_phase(
             model, target, ids, max_new_tokens, batch_size, first_phase, True, desc,
-            decided=stop_decider(stop_on_refusal, stop_when_judged),
+            decided=stop_decider(stop_on_refusal, stop_when_judged), stop_when=stop_when,
         )
     return package_generations(model, new, ended, first, refusal_ids, keep_logprobs, t0)
 
@@ -251,6 +255,23 @@ def stop_decider(stop_on_refusal: bool, stop_when_judged: bool) -> Callable[[str
     return refusal_is_final if stop_on_refusal else None
 
 
+def either(*deciders: Callable[[str], bool] | None) -> Callable[[str], bool] | None:
+    """A decider that holds when any of ``deciders`` (None ones skipped) holds; None when there is none.
+
+    Examples:
+        >>> either(None, None) is None
+        True
+        >>> either(None, str.isupper)("ABC"), either(str.isdigit, str.isupper)("abc")
+        (True, False)
+    """
+    active = [d for d in deciders if d is not None]
+    if not active:
+        return None
+    if len(active) == 1:
+        return active[0]
+    return lambda text: any(d(text) for d in active)
+
+
 def encode_prompts(model: ChatModel, prompts: Sequence[str]) -> list[list[int]]:
     """Rendered, tokenized prompts (no padding): one id list per prompt."""
     return model.tokenizer(model.render(list(prompts)), add_special_tokens=False)["input_ids"]
@@ -260,14 +281,17 @@ def generate_two_phase(
     model: ChatModel, lm: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int,
     first_phase: int, record_first: bool, desc: str | None,
     decided: Callable[[str], bool] | None = None, heads: Sequence[Sequence[int]] | None = None,
+    stop_when: Callable[[str], bool] | None = None,
 ) -> tuple[list[list[int]], list[bool], list[torch.Tensor | None]]:
     """Greedy continuation of ``seqs``: ``first_phase`` tokens for all, then the unfinished ones continued.
 
     With ``decided``, a sequence whose text so far (``heads[i]`` + its new tokens) is decided (its judge
     verdict can no longer change, :func:`stop_decider`) is not continued, and a continued one stops once it is.
+    ``stop_when`` acts the same way but also stops a sequence during the first phase.
     """
     phase1 = min(first_phase, max_new_tokens) if first_phase > 0 else max_new_tokens
-    new, ended, first = _generate_ids(model, lm, seqs, phase1, batch_size, record_first, desc)
+    new, ended, first = _generate_ids(model, lm, seqs, phase1, batch_size, record_first, desc, stop_when, heads)
+    decided = either(decided, stop_when)
     todo = [i for i in range(len(seqs)) if not ended[i] and len(new[i]) >= phase1]
     so_far = [(list(heads[i]) if heads else []) + new[i] for i in range(len(seqs))]
     if decided is not None:
