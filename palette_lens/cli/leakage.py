@@ -1,8 +1,8 @@
 """``palette-lens leakage``: non-target refusal of profiles under adversarial prompts.
 
 Reads the adapters of a finished run folder (``DIR/adapters/<domain>/``); a profile is one domain or several
-(``cyber+hate``: their adapters merged with the composition weight, as the pipeline and ``compose`` merge them). It builds for each profile the
-non-target test prompts framed as its profession, wrapped in role-play templates and mixed with a target
+(``cyber+hate``: their adapters merged with the composition weight, as the pipeline and ``compose`` merge them).
+It builds for each profile the non-target test prompts framed as its profession, wrapped in role-play templates and mixed with a target
 request (:mod:`palette_lens.evaluate.leakage`), and compares the merged profile's refusal with vanilla's on the same
 prompts. Writes ``leakage.md`` and ``leakage.json`` into ``--out`` (default: the run folder). With ``--gate`` each profile is also
 measured as one gated model (:class:`palette_lens.gate.gated_profile.GatedProfile`: the adapters unmerged, the profile's
@@ -161,10 +161,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     artifacts = load_run(folder, model, list(dict.fromkeys(d for p in wanted.values() for d in p)))
     adapters = {name: [artifacts.adapters[d] for d in p] for name, p in wanted.items()}
-    # merged rows as the pipeline merges them: composed profiles with each ΔW weighted by the composition weight
-    profiles: dict = {name: a[0] if len(a) == 1 else profile_adapters(Profile(tuple(wanted[name])), artifacts.adapters,
-                                                                        weight)
-                      for name, a in adapters.items()}
+    # merged rows as the pipeline merges them: a composed profile's ΔW each weighted by the composition weight
+    profiles: dict = {name: profile_adapters(Profile(p), artifacts.adapters, weight) for name, p in wanted.items()}
     authorized = dict(wanted)
     gates = {}
     if gate_config is not None:
