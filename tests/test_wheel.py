@@ -22,6 +22,7 @@ from palette_lens.errors import DataError
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
 BUILTIN = "palette_lens/data/builtin/"
+RESERVED = {"harmless", "borderline"}
 EXPECTED_DOMAINS = {"bio", "chem", "cyber", "disinformation", "hate", "illegal", "violence", "harmless", "borderline"}
 
 CHILD = r"""
@@ -35,6 +36,7 @@ print(json.dumps({
     "builtin_run": str(builtin_run_dir()),
     "builtin_files": len(manifest["files"]),
     "counts": load_prompts().counts(),
+    "gate_pool": {d: len(v) for d, v in load_prompts().gate_pool.items()},
     "data_dir": str(builtin_data_dir()),
     "package": palette_lens.__file__,
     "purelib": sysconfig.get_paths()["purelib"],
@@ -49,9 +51,9 @@ def _run(cmd, **kw):
     return proc
 
 
-def _repo_counts() -> Counter:
+def _repo_counts(folder: Path = DATA) -> Counter:
     counts: Counter = Counter()
-    for f in DATA.glob("*.jsonl"):
+    for f in folder.glob("*.jsonl"):
         for line in f.read_text(encoding="utf-8-sig").splitlines():
             if line.strip():
                 counts[json.loads(line)["domain"]] += 1
@@ -72,14 +74,16 @@ def test_wheel_ships_builtin_prompts_and_loads_them_outside_the_checkout(tmp_pat
     assert (tmp_path / "build" / "lib").is_dir(), "the build did not use the temporary build folder"
     assert not (REPO / "palette_lens" / "data" / "builtin").exists(), "the build wrote into the source tree"
 
-    # The wheel holds every data/*.jsonl (and the data README), byte for byte.
+    # The wheel holds every data/*.jsonl, the gate pool data/gate/*.jsonl and the data README, byte for byte.
     sources = sorted(DATA.glob("*.jsonl"))
-    assert {f.stem for f in sources} >= EXPECTED_DOMAINS
+    pool = sorted((DATA / "gate").glob("*.jsonl"))
+    assert {f.stem for f in sources} >= EXPECTED_DOMAINS and {f.stem for f in pool} == EXPECTED_DOMAINS - RESERVED
     with zipfile.ZipFile(wheel) as zf:
         packaged = {n[len(BUILTIN):] for n in zf.namelist() if n.startswith(BUILTIN)}
-        assert packaged == {f.name for f in sources} | {"README.md"}
-        for f in sources:
-            assert zf.read(BUILTIN + f.name) == f.read_bytes(), f.name
+        names = {f.relative_to(DATA).as_posix() for f in sources + pool}
+        assert packaged == names | {"README.md"}
+        for name in names:
+            assert zf.read(BUILTIN + name) == (DATA / name).read_bytes(), name
 
     # A fresh venv (no pip of its own: the running pip installs into it), the wheel alone, no dependencies.
     target = tmp_path / "venv"
@@ -105,6 +109,7 @@ def test_wheel_ships_builtin_prompts_and_loads_them_outside_the_checkout(tmp_pat
     assert got["builtin_files"] == len(json.loads((shipped / "manifest.json").read_text())["files"])
     assert set(got["counts"]) >= EXPECTED_DOMAINS
     assert got["counts"] == dict(_repo_counts())
+    assert got["gate_pool"] == dict(_repo_counts(DATA / "gate"))
 
 
 def test_builtin_data_dir_order(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ training templates.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Sequence
 
@@ -165,7 +166,7 @@ def augment_prompt_set(
         s = prompts.split(d)
         if d in variants:
             train = tuple(x for pair in zip(s.train, variants[d]) for x in pair)
-            s = Split(train, s.val, s.test)
+            s = dataclasses.replace(s, train=train)
         splits[d] = s
     return PromptSet(dict(prompts.by_domain), prompts.seed, prompts.train_frac, prompts.val_frac_of_train,
-                     _splits=splits)
+                     gate_pool=dict(prompts.gate_pool), _splits=splits)

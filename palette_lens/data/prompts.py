@@ -8,10 +8,12 @@ legitimate prompts (for over-refusal checks); every other domain is a harmful do
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import hashlib
 import importlib.resources
 import io
 import json
+import logging
 import os
 import random
 from collections.abc import Iterable, Sequence
@@ -20,10 +22,14 @@ from pathlib import Path
 
 from palette_lens.errors import DataError, UnknownDomainError
 
+log = logging.getLogger(__name__)
+
 HARMLESS = "harmless"
 BORDERLINE = "borderline"
 RESERVED = (HARMLESS, BORDERLINE)
 MIN_PROMPTS_TO_SPLIT = 5
+SPLIT_PARTS = ("train", "val", "test", "gate")
+GATE_POOL_FOLDER = "gate"  # built-in gate pool: data/gate/<domain>.jsonl
 MAX_DOMAIN_LENGTH = 64
 _FORBIDDEN = frozenset("/\\+,")
 
@@ -177,11 +183,16 @@ def read_jsonl(path: str | Path) -> list[Record]:
 
 @dataclass(frozen=True)
 class Split:
-    """Prompts of one domain split into train / validation / test."""
+    """Prompts of one domain split into train / validation / test, plus the domain's gate pool.
+
+    ``gate`` holds extra requests that only a domain gate trains on (``data/gate/``, :func:`load_prompts`'s
+    ``gate_files``); they are not drawn from the domain's prompts, so train / val / test do not depend on them.
+    """
 
     train: tuple[str, ...]
     val: tuple[str, ...]
     test: tuple[str, ...]
+    gate: tuple[str, ...] = ()
 
 
 @dataclass
@@ -193,6 +204,8 @@ class PromptSet:
         seed: seed of the splits.
         train_frac: fraction for train (the paper's 20%); validation is carved from train.
         val_frac_of_train: share of train kept for validation.
+        gate_pool: domain -> extra records that only a domain gate trains on (``part(domain, "gate")``); never
+            part of train, validation or test, and not in :meth:`data_hash` (searches and bakes never read them).
 
     A domain needs at least 5 prompts to be split; each split part holds at least one prompt. ``part(domain,
     "train")`` excludes the validation prompts carved from the train share.
@@ -207,6 +220,7 @@ class PromptSet:
     seed: int = 0
     train_frac: float = 0.2
     val_frac_of_train: float = 0.3
+    gate_pool: dict[str, list[Record]] = field(default_factory=dict)
     _splits: dict[str, Split] = field(default_factory=dict, repr=False)
 
     # ---- domains
@@ -234,13 +248,19 @@ class PromptSet:
         """The seeded split of ``domain`` (at least one prompt in each part)."""
         self.check_domain(domain)
         if domain not in self._splits:
-            self._splits[domain] = split_prompts(
-                self.prompts(domain), self.seed, self.train_frac, self.val_frac_of_train, domain
-            )
+            split = split_prompts(self.prompts(domain), self.seed, self.train_frac, self.val_frac_of_train, domain)
+            own = set(self.prompts(domain))  # a pool prompt that is the domain's own may sit in its test split
+            pool = tuple(r.prompt for r in self.gate_pool.get(domain, ()) if r.prompt not in own)
+            if len(pool) < len(self.gate_pool.get(domain, ())):
+                log.warning("gate pool of %s: %d prompts left out, they are among the domain's own prompts",
+                            domain, len(self.gate_pool[domain]) - len(pool))
+            self._splits[domain] = dataclasses.replace(split, gate=pool)
         return self._splits[domain]
 
     def part(self, domain: str, part: str, limit: int | None = None) -> list[str]:
-        """Prompts of ``domain`` in ``part`` ("train", "val", "test"), optionally the first ``limit``."""
+        """Prompts of ``domain`` in ``part`` ("train", "val", "test" or "gate"), optionally the first ``limit``."""
+        if part not in SPLIT_PARTS:
+            raise DataError(f"unknown split part {part!r}; the parts are {', '.join(SPLIT_PARTS)}")
         prompts = list(getattr(self.split(domain), part))
         return prompts[:limit] if limit is not None else prompts
 
@@ -254,6 +274,14 @@ class PromptSet:
 
     def counts(self) -> dict[str, int]:
         return {d: len(self.by_domain[d]) for d in self.domains}
+
+    def gate_pool_hash(self) -> str:
+        """A short hash of the gate pool of every domain of the set (what a gate trains on besides the splits)."""
+        digest = hashlib.sha256()
+        for d in self.domains:
+            for prompt in self.split(d).gate:
+                digest.update(f"{d}\x00{prompt}\x00".encode())
+        return digest.hexdigest()[:16]
 
 
 def split_prompts(
@@ -290,6 +318,7 @@ def load_prompts(
     domains: Sequence[str] | None = None,
     seed: int = 0,
     train_frac: float = 0.2,
+    gate_files: Sequence[str | Path] = (),
 ) -> PromptSet:
     """Load built-in prompts and user files.
 
@@ -301,13 +330,18 @@ def load_prompts(
         domains: keep only these domains (plus harmless / borderline); unknown names raise.
         seed: split setting: the seed of the per-domain shuffle.
         train_frac: split setting: the share of each domain that goes to train.
+        gate_files: JSONL files (same format) of extra requests that only a domain gate trains on (its
+            ``"gate"`` part). A domain in them replaces the built-in gate pool of that domain (``data/gate/``,
+            which serves only the built-in domains whose prompts are not replaced). Pool prompts that are also
+            among the domain's own prompts are left out of its ``"gate"`` part, so no test prompt is trained on.
 
     Returns:
         The merged :class:`PromptSet` (duplicate prompts within a domain dropped).
 
     Raises:
         UnknownDomainError: a name in ``domains`` that the data does not contain.
-        DataError: a malformed data file, missing built-in data, or no ``harmless`` prompts at all.
+        DataError: a malformed data file, missing built-in data, no ``harmless`` prompts at all, or a gate file
+            whose domain has no prompts.
 
     Examples:
         >>> load_prompts(domains=["cyber"]).domains
@@ -328,12 +362,23 @@ def load_prompts(
         merged = dict(builtin)
     merged.update(user)
     merged = {d: _dedupe(v) for d, v in merged.items()}
-    ps = PromptSet(merged, seed=seed, train_frac=train_frac)
+    pool = {d: v for d, v in _builtin_gate_pool().items() if d in merged and d not in user}
+    user_pool: dict[str, list[Record]] = {}
+    for path in gate_files:
+        for r in read_jsonl(path):
+            if r.domain not in merged:
+                raise DataError(f"{path}: gate pool domain {r.domain!r} has no prompts; known domains: "
+                                f"{', '.join(sorted(merged))}")
+            user_pool.setdefault(r.domain, []).append(r)
+    pool.update(user_pool)
+    pool = {d: _dedupe(v) for d, v in pool.items()}
+    ps = PromptSet(merged, seed=seed, train_frac=train_frac, gate_pool=pool)
     if domains is not None:
         for d in domains:
             ps.check_domain(d)
         keep = set(domains) | set(RESERVED)
-        ps = PromptSet({d: v for d, v in merged.items() if d in keep}, seed=seed, train_frac=train_frac)
+        ps = PromptSet({d: v for d, v in merged.items() if d in keep}, seed=seed, train_frac=train_frac,
+                       gate_pool={d: v for d, v in pool.items() if d in keep})
     if HARMLESS not in ps.by_domain:
         raise DataError("no 'harmless' prompts found: built-in data missing and none in the given files")
     return ps
@@ -347,3 +392,14 @@ def _dedupe(records: list[Record]) -> list[Record]:
             seen.add(r.prompt)
             out.append(r)
     return out
+
+
+def _builtin_gate_pool() -> dict[str, list[Record]]:
+    """The built-in gate pool (``<built-in data>/gate/*.jsonl``) by domain; empty when the folder is absent."""
+    folder = builtin_data_dir() / GATE_POOL_FOLDER
+    pool: dict[str, list[Record]] = {}
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else ():
+        for r in read_jsonl(path):
+            pool.setdefault(r.domain, []).append(r)
+    return pool
+
