@@ -12,6 +12,7 @@ them the two are bit-identical; the margin covers float reductions that differ b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -19,7 +20,9 @@ import pytest
 import torch
 
 from palette_lens.adapters.baked import load_adapter
+from palette_lens.data.prompts import load_prompts
 from palette_lens.errors import AdapterMismatchError
+from palette_lens.gate.config import GateConfig
 from palette_lens.pipeline import builtin as builtin_mod
 from palette_lens.pipeline import runs as runs_mod
 from palette_lens.pipeline.builtin import (
@@ -30,6 +33,7 @@ from palette_lens.pipeline.builtin import (
     read_manifest,
     verify_builtin_run,
 )
+from palette_lens.pipeline.config import PipelineConfig
 from palette_lens.pipeline.run_folder import RunFolder
 from palette_lens.pipeline.runs import load_run
 from palette_lens.search.direction import Direction
@@ -55,6 +59,20 @@ def test_manifest_lists_every_shipped_file_and_the_hashes_hold():
         assert run.search_json(d).is_file() and run.direction_json(d).is_file() and run.bake_json(d).is_file()
     assert all(run.gate_dir(p).is_dir() for p in PROFILES)
     assert manifest["settings"]["same_as"] == "palette-lens demo --quick"
+
+
+def test_the_shipped_gates_were_trained_with_todays_settings_and_gate_pool():
+    """A change to the gate's defaults or to data/gate/ must come with re-trained shipped gates."""
+    settings = read_manifest()["settings"]
+    expected = json.loads(json.dumps(dataclasses.asdict(GateConfig(**PipelineConfig.quick_preset().gate))))
+    assert settings["gate"] == expected
+    assert settings["gate_pool_hash"] == load_prompts().gate_pool_hash()
+    for p in PROFILES:
+        meta = json.loads((RunFolder(builtin_run_dir()).gate_dir(p) / "gate.json").read_text())
+        config = meta["calibration"]["config"]
+        assert {k: v for k, v in config.items() if k != "layer"} == {k: v for k, v in expected.items() if k != "layer"}
+        n_pool = sum(len(load_prompts().part(d, "gate")) for d in p.split("+"))
+        assert meta["calibration"]["n_open"] >= 2 * 20 * len(p.split("+")) + n_pool, p  # split, framed, pool
 
 
 @pytest.fixture

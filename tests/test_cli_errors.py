@@ -377,6 +377,15 @@ BEFORE_THE_MODEL = {
                                           "profile 'cyber++violence' has an empty domain name"),
     "compose: --data without --gate": (["compose", "--from", "{run}", "--data", "{tmp}/mine.jsonl"],
                                       "--data is only used to train the gate; add --gate or leave --data out"),
+    "compose: --gate-data without --gate": (["compose", "--from", "{run}", "--gate-data", "{tmp}/mine.jsonl"],
+                                           ("--gate-data is only used to train the gate; add --gate or leave "
+                                            "--gate-data out")),
+    "run: --gate-data a folder": (["run", "--target", "cyber", "--gate-data", "{tmp}/empty", "--out", "{tmp}/out"],
+                                  ("--gate-data {tmp}/empty is a folder; --gate-data takes JSONL files, e.g. "
+                                   "--gate-data {tmp}/empty/*.jsonl")),
+    "evaluate: --gate-data of a domain with no prompts": (
+        ["evaluate", "--from", "{run}", "--gate-data", "{tmp}/stray.jsonl", "--out", "{tmp}/out"],
+        "{tmp}/stray.jsonl: gate pool domain 'art' has no prompts; known domains: cyber, harmless, violence"),
     "compose: a gate option without --gate": (["compose", "--from", "{run}", "--gate-layer", "1"],
                                              "--gate-layer only applies with --gate; add --gate or leave it out"),
     "leakage: --profile cyber++violence": (["leakage", "--from", "{run}", "--profile", "cyber++violence"],
@@ -402,6 +411,7 @@ def test_bad_input_is_reported_before_the_model_loads(builtin, tmp_path, monkeyp
     use_model(monkeypatch)  # loading the model fails the test
     (tmp_path / "empty").mkdir()
     write_jsonl(tmp_path / "mine.jsonl", records("cyber", 8))
+    write_jsonl(tmp_path / "stray.jsonl", records("art", 3))
     run = _fake_run(tmp_path / "run", "cyber")
     names = {"tmp": tmp_path, "run": run}
     before = snapshot(tmp_path)

@@ -77,6 +77,22 @@ def test_training_prompts_label_the_authorized_domain_open_and_never_use_the_tes
             assert name != "cyber" and any(q in text for q in toy.part(name, "train") + toy.part(name, "val"))
 
 
+def test_the_gate_pool_adds_plain_requests_of_every_domain_and_no_variants(toy):
+    pool = {"cyber": [Record(f"Pool request {i} to break into a server", "cyber") for i in range(3)],
+            "violence": [Record(f"Pool request {i} to hurt a neighbour", "violence") for i in range(4)]}
+    pooled = PromptSet(dict(toy.by_domain), gate_pool=pool)
+    config = GateConfig(parts=("train", "val"))
+    assert gate_training_examples(pooled, ("cyber",), config) == gate_training_examples(toy, ("cyber",), config)
+    texts, names = gate_training_examples(pooled, ("cyber",))  # the default parts take the pool
+    before, before_names = gate_training_examples(toy, ("cyber",))
+    extra = [(t, n) for t, n in zip(texts, names) if t not in before]
+    assert sorted(extra) == sorted((r.prompt, d) for d, rs in pool.items() for r in rs)  # exactly the pool, as is
+    assert not any(r.prompt in t and t != r.prompt for rs in pool.values() for r in rs for t in texts)
+    assert [t for t in texts if t in before] == before and len(names) == len(before_names) + 7
+    labels = gate_training_prompts(pooled, ("cyber",))[1]
+    assert [label for t, label in zip(texts, labels) if t.startswith("Pool")] == [1, 1, 1, 0, 0, 0, 0]
+
+
 def test_authorized_variants_frame_the_authorized_prompts_as_their_profession_and_label_them_open(toy):
     from palette_lens.data.attack_templates import PROFESSIONS
 
@@ -107,6 +123,7 @@ def test_training_prompts_reject_bad_domains(toy, domains, error):
     ({"adversarial_kinds": ()}, "adversarial kinds"), ({"probe": "svm"}, "probe"),
     ({"authorized_variants": ("mixed",)}, "authorized variants"), ({"segment_veto": 0.0}, "segment veto"), ({"segment_veto": 1.0}, "segment veto"),
     ({"segment_veto": 0.5, "probe": "binary"}, "domain probe"),
+    ({"parts": ("train", "test")}, "gate parts"), ({"parts": ()}, "gate parts"),
 ])
 def test_bad_gate_settings_are_clear_errors(kw, match):
     with pytest.raises(PaletteError, match=match):

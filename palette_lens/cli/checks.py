@@ -24,11 +24,13 @@ def check_gate_flags_need_gate(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------- inputs and outputs, checked first
 def check_data_args(args: argparse.Namespace) -> None:
-    """``--data`` names existing files (not folders); ``--replace-data`` comes with ``--data``."""
-    for name in getattr(args, "data", None) or []:
-        path = Path(name).expanduser()
-        if path.is_dir():
-            raise PaletteError(f"--data {path} is a folder; --data takes JSONL files, e.g. --data {path}/*.jsonl")
+    """``--data`` / ``--gate-data`` name files (not folders); ``--replace-data`` comes with ``--data``."""
+    for option in ("data", "gate_data"):
+        flag = "--" + option.replace("_", "-")
+        for name in getattr(args, option, None) or []:
+            path = Path(name).expanduser()
+            if path.is_dir():
+                raise PaletteError(f"{flag} {path} is a folder; {flag} takes JSONL files, e.g. {flag} {path}/*.jsonl")
     if getattr(args, "replace_data", False) and not getattr(args, "data", None):
         raise PaletteError("--replace-data needs --data FILE.jsonl (the files that replace the built-in domains)")
 

@@ -83,14 +83,15 @@ def load_model_from_args(args: argparse.Namespace):
 
 
 def load_data_from_args(args: argparse.Namespace):
-    """The prompt set of ``--data`` / ``--replace-data`` / ``--seed``, every domain checked to split.
+    """The prompt set of ``--data`` / ``--replace-data`` / ``--gate-data`` / ``--seed``, every domain checked to split.
 
     Checking the splits here reports a domain with too few prompts before the model is loaded.
     """
     from palette_lens.data.prompts import load_prompts
 
     check_data_args(args)
-    prompts = load_prompts(args.data, replace=args.replace_data, seed=args.seed)
+    prompts = load_prompts(args.data, replace=args.replace_data, seed=args.seed,
+                           gate_files=getattr(args, "gate_data", None) or [])
     for domain in prompts.domains:
         prompts.split(domain)
     return prompts

@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "PEFT LoRA adapter in DIR/peft_adapter/; DIR must be new, empty or an "
                              "earlier export, which is replaced as a whole (default: no export)")
     add_output_argument(parser, "the --from folder", what="where profile-<name>.json (and gate-<name>/) go")
-    add_data_arguments(parser, what=", for training the gate (--gate only)")
+    add_data_arguments(parser, what=", for training the gate (--gate only)", gate_data=True)
     add_gate_arguments(parser, "also train a domain gate for the profile (palette_lens.gate.domain_gate: a probe on the base "
                                "model that lets the adapters answer only requests of the authorized domains) and "
                                "save it beside profile.json and in the export")
@@ -111,8 +111,9 @@ def run(args: argparse.Namespace) -> int:
     domains = check_adapter_inputs(args.source, args.adapter)
     profile = parse_profile(args.profile) if args.profile else Profile(tuple(domains))
     check_profiles_have([profile], domains, "has no adapter here (adapters: {available})")
-    if not args.gate and (args.data or args.replace_data):
-        raise PaletteError("--data is only used to train the gate; add --gate or leave --data out")
+    if not args.gate and (args.data or args.replace_data or args.gate_data):
+        flag = "--gate-data" if args.gate_data and not args.data else "--data"
+        raise PaletteError(f"{flag} is only used to train the gate; add --gate or leave {flag} out")
     check_gate_flags_need_gate(args)
     check_data_args(args)
     gate_config = gate_config_from_args(args)

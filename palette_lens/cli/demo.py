@@ -20,5 +20,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    args.data, args.replace_data, args.seed = [], False, 0
+    args.data, args.replace_data, args.gate_data, args.seed = [], False, [], 0
     return execute(args, list(dict.fromkeys(args.target)) if args.target else None)

@@ -17,7 +17,7 @@ from palette_lens.cli.run import add_pipeline_arguments, parse_profiles, pipelin
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    add_data_arguments(parser)
+    add_data_arguments(parser, gate_data=True)
     parser.add_argument("--from", dest="source", required=True, metavar="RUN",
                         help="a folder holding adapters/<domain>/ (a run, demo or bake output)")
     parser.add_argument("--adapter", action="append", default=[], metavar="FOLDER",

@@ -54,7 +54,7 @@ MIXED_ORDERS = ("random", "target_first", "nontarget_first")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    add_data_arguments(parser)
+    add_data_arguments(parser, gate_data=True)
     parser.add_argument("--from", dest="source", required=True, metavar="RUN",
                         help="a finished run folder holding adapters/<domain>/ (demo, run or evaluate output)")
     parser.add_argument("--profile", action="append", default=None, metavar="DOMAIN[+DOMAIN]",

@@ -68,14 +68,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accelerate device map, e.g. auto (default: none, the whole model on --device)")
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, what: str = "") -> None:
-    """``--data FILE ...``, ``--replace-data``, ``--seed``."""
+def add_data_arguments(parser: argparse.ArgumentParser, what: str = "", gate_data: bool = False) -> None:
+    """``--data FILE ...``, ``--replace-data``, ``--seed``, and for commands that train gates ``--gate-data FILE ...``."""
     parser.add_argument("--data", nargs="*", default=[], metavar="FILE.jsonl",
                         help="your prompt files, one JSON record per line, adding domains to the built-in ones"
                              f"{what} (default: none, the built-in prompts only)")
     parser.add_argument("--replace-data", action="store_true",
                         help="use only the --data files for harmful domains (the built-in harmless set stays "
                              "unless the files bring their own)")
+    if gate_data:
+        parser.add_argument("--gate-data", nargs="*", default=[], metavar="FILE.jsonl",
+                            help="extra requests, same format, that only the domain gates train on; a domain in "
+                                 "them replaces its built-in gate pool (default: none, the built-in pool of the "
+                                 "built-in domains)")
     parser.add_argument("--seed", type=integer, default=0, help="seed of the train/val/test split")
 
 

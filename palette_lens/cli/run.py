@@ -146,7 +146,7 @@ def execute(args: argparse.Namespace, targets: list[str] | None) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    add_data_arguments(parser)
+    add_data_arguments(parser, gate_data=True)
     parser.add_argument("--target", action="append", required=True, metavar="DOMAIN",
                         help="a target (authorized) domain; repeat for several")
     add_pipeline_arguments(parser, "runs/run")

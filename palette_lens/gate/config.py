@@ -19,6 +19,9 @@ ADVERSARIAL_KINDS = ("profession", "roleplay", "mixed")
 PROBES = ("domains", "binary")
 
 
+GATE_PARTS = ("train", "val", "gate")  # never "test"
+
+
 @dataclass(frozen=True)
 class GateConfig:
     """How a gate is trained.
@@ -28,7 +31,11 @@ class GateConfig:
         feature: "mean" of the post-instruction positions, or the "last" one.
         C: inverse L2 strength of the logistic regression (features are standardised first).
         threshold: the gate opens when the probe's probability of "authorized" exceeds this.
-        parts: split parts the gate trains on (the test split is never used).
+        parts: split parts the gate trains on, from "train", "val" and "gate" (the domain's gate pool: extra
+            requests kept for gates, ``data/gate/``; plain requests only, no variants are built from them). The
+            test split is never used. With the pool the default model's gates opened for 5-10 points more of
+            the held-out authorized requests and for fewer of the overlapping domain's (docs/decisions.md,
+            "Domain gate").
         adversarial: also train on adversarial variants (training templates) of the other harmful domains'
             prompts as closed examples: one of each kind in ``adversarial_kinds`` per prompt.
         adversarial_kinds: the attack kinds of those variants.
@@ -47,7 +54,7 @@ class GateConfig:
             that never trained on mixed prompts for 6% of them instead of 38%.
 
     Raises:
-        PaletteError: an unknown ``probe``, ``feature`` or variant kind, a ``threshold`` or ``segment_veto``
+        PaletteError: an unknown ``probe``, ``feature``, part or variant kind, a ``threshold`` or ``segment_veto``
             outside (0, 1), ``C`` ≤ 0, or a segment veto with ``probe="binary"`` (the default ``segment_veto``
             is 0.5, so a binary gate needs ``segment_veto=None``).
 
@@ -63,7 +70,7 @@ class GateConfig:
     feature: str = "mean"
     C: float = 0.05
     threshold: float = 0.3
-    parts: tuple[str, ...] = ("train", "val")
+    parts: tuple[str, ...] = ("train", "val", "gate")
     adversarial: bool = True
     adversarial_kinds: tuple[str, ...] = ADVERSARIAL_KINDS
     seed: int = 0
@@ -83,6 +90,9 @@ class GateConfig:
             if self.probe != "domains":
                 raise PaletteError("the segment veto needs the domain probe (probe='domains'): a binary probe "
                                    "names no domain to veto; pass segment_veto=None with probe='binary'")
+        bad = [p for p in self.parts if p not in GATE_PARTS]
+        if bad or not self.parts:
+            raise PaletteError(f"gate parts must come from {', '.join(GATE_PARTS)} (got {list(self.parts)})")
         if self.feature not in FEATURES:
             raise PaletteError(f"gate feature must be one of {', '.join(FEATURES)}, not {self.feature!r}")
         if not 0.0 < self.threshold < 1.0:

@@ -26,8 +26,8 @@ def gate_training_prompts(
 ) -> tuple[list[str], list[int]]:
     """The gate's training prompts and labels (1: open, an authorized request; 0: closed).
 
-    Open: the authorized domains' prompts of ``config.parts``. Closed: every other domain's (harmful, harmless,
-    borderline), and with ``config.adversarial`` one adversarial variant (training templates) of each kind in
+    Open: the authorized domains' prompts of ``config.parts`` (the ``"gate"`` part: the domain's gate pool).
+    Closed: every other domain's (harmful, harmless, borderline), and with ``config.adversarial`` one adversarial variant (training templates) of each kind in
     ``config.adversarial_kinds`` of every other harmful domain's prompt. :func:`gate_training_examples` gives
     the same prompts with their domain names.
     """
@@ -65,6 +65,8 @@ def gate_training_examples(
             ps = prompts.part(d, part)
             texts += ps
             names += [d] * len(ps)
+        if part == "gate":  # the pool adds plain requests; the variants come from the split's prompts
+            continue
         if config.adversarial:
             for kind in config.adversarial_kinds:
                 made = adversarial_negatives(prompts, domains, kinds=(kind,), seed=config.seed, split=part)

@@ -190,7 +190,7 @@ def make_builtin_run(
         fit_gate(model, prompts, profile.domains, gate_config).save(run.gate_dir(profile.name))
         timings[f"gate:{profile.name}"] = time.perf_counter() - t0
     settings = {"search": config.search_config().to_dict(), "bake": config.bake_config().to_dict(),
-                "gate": dataclasses.asdict(gate_config),
+                "gate": dataclasses.asdict(gate_config), "gate_pool_hash": prompts.gate_pool_hash(),
                 "same_as": "palette-lens demo --quick"}
     atomic_write_json(run.run_json, {"made_by": "palette_lens.pipeline.builtin.make_builtin_run",
                                      "model": model.name, "targets": targets, "timings_s": timings})

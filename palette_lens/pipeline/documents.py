@@ -108,7 +108,9 @@ def build_documents(
         },
         "search": searches,
         "bake": bakes,
-        "data": {"counts": prompts.counts(), "hash": prompts.data_hash()},
+        "data": {"counts": prompts.counts(), "hash": prompts.data_hash(),
+                 "gate_pool": {"counts": {d: len(prompts.part(d, "gate")) for d in prompts.domains},
+                               "hash": prompts.gate_pool_hash()}},
         "config": config.to_dict(),
         "model": {"name": model.name, "fingerprint": model.fingerprint, "source": model.source},
     }
