@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from helpers import LEAKAGE_TOPICS, toy_prompts
+from helpers import LEAKAGE_TOPICS, toy_prompts, write_jsonl
 from test_adversarial import _write_builtin, tiny_run  # noqa: F401 - tiny_run is a fixture
 
 from palette_lens.data.prompts import PromptSet, Record
@@ -454,6 +454,18 @@ def test_cli_compose_gate_saves_a_gate_beside_the_profile_and_in_the_export(tiny
     assert beside.calibration["n_open"] == 2 * both  # both domains' train+val prompts, plain and profession-framed
     assert json.loads((export / PROFILE_FILE).read_text())["gate"] == GATE_FOLDER
     assert "domain gate at layer 1" in capsys.readouterr().out
+
+    # --gate-data: the gate also learns from a pool of requests outside the split, open for the authorized domains
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"prompt": f"Pool request {i} to take over a botnet", "domain": "cyber"}
+                                                 for i in range(3)]
+                       + [{"prompt": f"Pool request {i} to hurt a stranger badly", "domain": "violence"} for i in range(2)])
+    code = cli.main(["compose", "--from", str(folder), "--profile", "cyber", "--gate", "--gate-layer", "1",
+                     "--gate-data", str(pool), "--out", str(tmp_path / "pooled")])
+    assert code == 0, capsys.readouterr().err
+    pooled = DomainGate.load(json.loads((tmp_path / "pooled" / "profile-cyber.json").read_text())["gate"]["folder"])
+    own = sum(len(data.part("cyber", part)) for part in ("train", "val"))
+    assert pooled.calibration["n_open"] == 2 * own + 3  # plain and framed split prompts, the pool's as they are
+    assert pooled.calibration["config"]["parts"] == ["train", "val", "gate"]
 
 
 @pytest.mark.parametrize("extra, match", [
