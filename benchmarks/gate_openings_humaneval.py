@@ -39,7 +39,7 @@ def main() -> None:
                                "gate_parts": gate.calibration.get("config", {}).get("parts")}
         print(f"{folder.name}: opened for {opened[folder.name]['opened']} of {len(prompts)}", flush=True)
     if args.json is not None:
-        args.json.write_text(json.dumps({"run": str(run.folder), "gates": opened}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"run": str(args.run), "gates": opened}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
