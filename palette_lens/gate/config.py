@@ -33,9 +33,8 @@ class GateConfig:
         threshold: the gate opens when the probe's probability of "authorized" exceeds this.
         parts: split parts the gate trains on, from "train", "val" and "gate" (the domain's gate pool: extra
             requests kept for gates, ``data/gate/``; plain requests only, no variants are built from them). The
-            test split is never used. With the pool the default model's gates opened for 5-10 points more of
-            the held-out authorized requests and for fewer of the overlapping domain's (docs/decisions.md,
-            "Domain gate").
+            test split is never used. With the pool the default model's cyber gate opened for 95% of the
+            held-out cyber requests instead of 85% (docs/decisions.md, "Domain gate").
         adversarial: also train on adversarial variants (training templates) of the other harmful domains'
             prompts as closed examples: one of each kind in ``adversarial_kinds`` per prompt.
         adversarial_kinds: the attack kinds of those variants.
