@@ -30,6 +30,7 @@ from palette_lens.evaluate.floors import check_floors
 from palette_lens.evaluate.gated import evaluate_gated
 from palette_lens.evaluate.results import EvalSet
 from palette_lens.gate.config import GateConfig
+from palette_lens.gate.features import GateFeatureCache
 from palette_lens.models.loading import load_model
 from palette_lens.pipeline.config import PipelineConfig
 from palette_lens.pipeline.runs import load_run
@@ -49,11 +50,12 @@ def measure(run_dir: Path, names: list[str]) -> dict:
                           cache=config.cache_generations)
     base = evaluator.vanilla().refusal_rate()
     rows, answered = [], {}
+    feature_cache = GateFeatureCache(model)
     for profile in profiles:
         t0 = time.perf_counter()
         gate, result = evaluate_gated(evaluator, model, prompts, f"{profile.name} gated",
                                       [run.adapters[d] for d in profile.domains], GateConfig(),
-                                      compose_weight=config.compose_weight)
+                                      compose_weight=config.compose_weight, feature_cache=feature_cache)
         rates, opened = result.refusal_rate(), result.extra["gate_opened"]
         floors = check_floors(rates, base, profile.domains, harmful, result.harmless_kl)
         kept = floors["kept_ratio"]

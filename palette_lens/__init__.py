@@ -101,6 +101,7 @@ _EXPORTS: dict[str, str] = {
     "GatedProfile": "palette_lens.gate.gated_profile",
     "Router": "palette_lens.gate.router",
     "fit_gate": "palette_lens.gate.training",
+    "GateFeatureCache": "palette_lens.gate.features",
     "global_ablation_hooks": "palette_lens.baselines.global_ablation",
     "fit_conditional_steering": "palette_lens.baselines.conditional_steering",
     "ConditionalSteering": "palette_lens.baselines.conditional_steering",
@@ -222,6 +223,7 @@ __all__ = [  # noqa: RUF022 - grouped by pipeline stage, as in _EXPORTS
     "GatedProfile",
     "Router",
     "fit_gate",
+    "GateFeatureCache",
     "global_ablation_hooks",
     "fit_conditional_steering",
     "ConditionalSteering",
@@ -351,6 +353,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names are impo
     from palette_lens.gate.domain_gate import DomainGate, generate_gated
     from palette_lens.gate.gated_profile import GatedProfile
     from palette_lens.gate.router import Router
+    from palette_lens.gate.features import GateFeatureCache
     from palette_lens.gate.training import fit_gate
     from palette_lens.generation.greedy import Generations, generate_completions
     from palette_lens.geometry.separation import layer_separation, separation_table, tsne_layers

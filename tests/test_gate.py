@@ -18,7 +18,12 @@ from palette_lens.evaluate.results import EvalSet
 from palette_lens.gate.config import GateConfig, default_gate_layer
 from palette_lens.gate.domain_gate import GATE_FILE, DomainGate
 from palette_lens.gate.features import prompt_segments
-from palette_lens.gate.training import fit_gate, gate_training_examples, gate_training_prompts
+from palette_lens.gate.training import (
+    fit_gate,
+    fit_gate_on_features,
+    gate_training_examples,
+    gate_training_prompts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -274,6 +279,50 @@ def test_a_two_domain_gate_opens_on_either_domain_and_a_two_class_probe_is_a_sig
     z = (x - pair.centre) / pair.scale
     logit = z @ (pair.weight[0] - pair.weight[1]) + (pair.bias[0] - pair.bias[1])
     assert torch.allclose(pair.probability(x), torch.sigmoid(logit), atol=1e-5)
+
+
+def test_a_gate_fitted_on_features_read_once_is_the_gate_fit_gate_trains(tiny_qwen, toy, gate):
+    """Studies fit many gates on features read once: the same probe as reading the model each time."""
+    from palette_lens.gate.features import gate_features
+
+    config = GateConfig(layer=1)
+    texts, names = gate_training_examples(toy, ("cyber",), config)
+    x = gate_features(tiny_qwen, texts, 1)
+    again = fit_gate_on_features(x, names, ("cyber",), config, 1, tiny_qwen.fingerprint)
+    assert again.classes == gate.classes and again.base_fingerprint == gate.base_fingerprint
+    assert torch.allclose(again.weight, gate.weight, atol=1e-4) and torch.allclose(again.centre, gate.centre)
+    assert again.calibration == gate.calibration
+    with pytest.raises(PaletteError, match="feature rows"):
+        fit_gate_on_features(x[:-1], names, ("cyber",), config, 1)
+    with pytest.raises(PaletteError, match="both authorized and other"):
+        fit_gate_on_features(x, ["cyber"] * len(names), ("cyber",), config, 1)
+
+
+def test_gates_sharing_a_feature_cache_read_each_prompt_once_and_train_the_same(tiny_qwen, tiny_llama, toy, gate,
+                                                                             monkeypatch):
+    import palette_lens.gate.features as features
+
+    read: list[str] = []
+    collect = features.collect_residuals
+
+    def counting(model, prompts, *args, **kwargs):
+        read.extend(prompts)
+        return collect(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(features, "collect_residuals", counting)
+    cache = features.GateFeatureCache(tiny_qwen)
+    cached = fit_gate(tiny_qwen, toy, ("cyber",), GateConfig(layer=1), feature_cache=cache)
+    assert torch.allclose(cached.weight, gate.weight, atol=1e-4) and cached.calibration == gate.calibration
+    first, n_cached = len(read), len(cache)
+    assert first == n_cached == len(set(gate_training_examples(toy, ("cyber",), GateConfig())[0]))
+    both = ("cyber", "violence")
+    fit_gate(tiny_qwen, toy, both, GateConfig(layer=1), feature_cache=cache)
+    texts = gate_training_examples(toy, both, GateConfig())[0]
+    assert len(read) - first == len(set(texts)) - len(set(texts) & set(read[:first])) > 0  # only the new ones
+    assert len(read) - first < len(set(texts))  # the shared prompts were not read again
+    assert torch.allclose(cache.get(texts[:5], 1, "mean"), features.gate_features(tiny_qwen, texts[:5], 1), atol=1e-5)
+    with pytest.raises(PaletteError, match="another model"):
+        features.gate_features(tiny_llama, texts[:2], 1, cache=cache)
 
 
 def test_readings_show_which_domain_a_gate_reads_each_group_as(tiny_qwen, toy, gate, binary_gate):

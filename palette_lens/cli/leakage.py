@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from palette_lens.evaluate.evaluator import EvalConfig
     from palette_lens.evaluate.leakage import AttackConfig, measure_leakage
     from palette_lens.gate.config import default_gate_layer
+    from palette_lens.gate.features import GateFeatureCache
     from palette_lens.gate.gated_profile import GatedProfile
     from palette_lens.gate.training import fit_gate
     from palette_lens.pipeline.run_folder import RunFolder
@@ -172,8 +173,9 @@ def run(args: argparse.Namespace) -> int:
             raise PaletteError(f"adapter {early[0].domain!r} sits at block {early[0].layer_index}, before the gate's "
                                f"layer {gate_layer}: the gate would decide after it ran (choose --gate-layer "
                                f"{early[0].layer_index} or lower)")
+        feature_cache = GateFeatureCache(model)
         for name, p in wanted.items():
-            gate = fit_gate(model, prompts, p, gate_config)
+            gate = fit_gate(model, prompts, p, gate_config, feature_cache=feature_cache)
             gate.save(RunFolder(out_md.parent).gate_dir(name))
             gated = f"{name} gated"
             routing = "routed" if gate.classes or len(p) == 1 else "merged"  # a binary probe cannot name the domain

@@ -12,6 +12,7 @@ from palette_lens.evaluate.evaluator import Evaluator
 from palette_lens.evaluate.results import VariantResult
 from palette_lens.gate.config import GateConfig
 from palette_lens.gate.domain_gate import DomainGate
+from palette_lens.gate.features import GateFeatureCache
 from palette_lens.gate.gated_profile import GatedProfile, Routing
 from palette_lens.gate.training import fit_gate
 from palette_lens.models.chat_model import ChatModel
@@ -58,6 +59,7 @@ def evaluate_gated(
     evaluator: Evaluator, model: ChatModel, prompts: PromptSet, name: str, adapters: Sequence[BakedAdapter],
     config: GateConfig = GateConfig(), folder: str | Path | None = None, routing: Routing = "routed",
     compose_weight: float = DEFAULT_COMPOSE_WEIGHT, gate: DomainGate | None = None,
+    feature_cache: GateFeatureCache | None = None,
 ) -> tuple[DomainGate, VariantResult]:
     """Train the gate of a profile, build the gated profile and evaluate it on the evaluator's prompts.
 
@@ -73,6 +75,8 @@ def evaluate_gated(
             (every domain's delta at ``compose_weight``); see :class:`GatedProfile`.
         compose_weight: the delta weight under ``"merged"`` routing with two or more domains.
         gate: an already trained gate for these domains (then ``config`` is not used).
+        feature_cache: shared by the gates of several profiles, so each training prompt is read once
+            (:class:`~palette_lens.gate.features.GateFeatureCache`).
 
     Returns:
         (gate, result): the :class:`DomainGate` and the result of :func:`evaluate_gated_profile`.
@@ -89,7 +93,7 @@ def evaluate_gated(
     """
     domains = [a.domain for a in adapters]
     if gate is None:
-        gate = fit_gate(model, prompts, domains, config)
+        gate = fit_gate(model, prompts, domains, config, feature_cache=feature_cache)
     if folder is not None:
         gate.save(folder)
     profile = GatedProfile(model, adapters, gate, routing=routing, compose_weight=compose_weight)

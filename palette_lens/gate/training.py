@@ -15,7 +15,7 @@ from palette_lens.data.prompts import PromptSet
 from palette_lens.errors import PaletteError
 from palette_lens.gate.config import GateConfig, default_gate_layer
 from palette_lens.gate.domain_gate import DomainGate
-from palette_lens.gate.features import gate_features
+from palette_lens.gate.features import GateFeatureCache, gate_features
 from palette_lens.models.chat_model import ChatModel
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def gate_training_examples(
 
 def fit_gate(
     model: ChatModel, prompts: PromptSet, domains: Sequence[str], config: GateConfig | None = None,
-    batch_size: int = 32,
+    batch_size: int = 32, feature_cache: GateFeatureCache | None = None,
 ) -> DomainGate:
     """Train a :class:`DomainGate` for ``domains`` on the prompt set's train (and validation) prompts.
 
@@ -100,6 +100,8 @@ def fit_gate(
         domains: the authorized (harmful) domains the gate opens for.
         config: gate settings (default: :class:`GateConfig`'s).
         batch_size: prompts per forward pass.
+        feature_cache: a :class:`~palette_lens.gate.features.GateFeatureCache` shared by the gates of one run,
+            so that prompts another gate already read are not read again (the same gate either way).
 
     Returns:
         The trained :class:`DomainGate` (a domain probe unless ``config.probe == "binary"``).
@@ -116,22 +118,61 @@ def fit_gate(
         >>> gate.save("runs/demo/gates/cyber")                                # doctest: +SKIP
     """
     config = config or GateConfig()
+    texts, names = gate_training_examples(prompts, domains, config)
+    layer = default_gate_layer(model) if config.layer is None else config.layer
+    x = gate_features(model, texts, layer, config.feature, batch_size, feature_cache)  # [n, d_model]
+    return fit_gate_on_features(x, names, domains, config, layer, model.fingerprint)
+
+
+def fit_gate_on_features(
+    x: torch.Tensor, names: Sequence[str], domains: Sequence[str], config: GateConfig, layer: int,
+    base_fingerprint: str = "",
+) -> DomainGate:
+    """The probe of :func:`fit_gate` on features already read: [n, d_model] ``x`` and each row's domain name.
+
+    For studies that train many gates on the same prompts (cross-validation, settings compared side by side)
+    without reading the model again; :func:`fit_gate` is this after :func:`gate_training_examples` and
+    :func:`~palette_lens.gate.features.gate_features`.
+
+    Args:
+        x: [n, d_model] the gate layer's features of the training prompts (float32).
+        names: n domain names (a variant: the domain of the request it wraps).
+        domains: the authorized domains (rows named after them are open examples).
+        config: gate settings (``probe``, ``C``, ``threshold``, ``segment_veto`` and ``feature`` are used).
+        layer: the layer ``x`` was read at (recorded in the gate).
+        base_fingerprint: the base model's fingerprint (recorded; "" for a study that never saves the gate).
+
+    Returns:
+        The trained :class:`DomainGate`, with training true/false-open rates in ``calibration``.
+
+    Raises:
+        PaletteError: ``x`` and ``names`` differ in length, or no row on one of the two sides.
+
+    Examples:
+        >>> x = torch.randn(6, 4)
+        >>> gate = fit_gate_on_features(x, ["cyber"] * 3 + ["bio"] * 3, ["cyber"], GateConfig(), layer=6)
+        >>> gate.classes
+        ('bio', 'cyber')
+    """
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    texts, names = gate_training_examples(prompts, domains, config)
-    layer = default_gate_layer(model) if config.layer is None else config.layer
-    x = gate_features(model, texts, layer, config.feature, batch_size)  # [n, d_model]
+    domains = tuple(domains)
+    if x.shape[0] != len(names):
+        raise PaletteError(f"{x.shape[0]} feature rows for {len(names)} names")
+    y = np.asarray([int(n in domains) for n in names])
+    if y.all() or not y.any():
+        raise PaletteError("a gate needs both authorized and other prompts to train on")
+    x = x.float()
     centre = x.mean(0)
     scale = x.std(0).clamp_min(1e-6)
     z = ((x - centre) / scale).numpy().astype(np.float64)
-    y = np.asarray([int(n in domains) for n in names])
     clf = LogisticRegression(C=config.C, class_weight="balanced", max_iter=5000)
     if config.probe == "binary":
         clf.fit(z, y)
         gate = DomainGate(
-            tuple(domains), layer, config.feature, centre, scale, torch.tensor(clf.coef_[0], dtype=torch.float32),
-            float(clf.intercept_[0]), config.threshold, model.fingerprint,
+            domains, layer, config.feature, centre, scale, torch.tensor(clf.coef_[0], dtype=torch.float32),
+            float(clf.intercept_[0]), config.threshold, base_fingerprint,
         )
     else:
         clf.fit(z, np.asarray(names))
@@ -140,8 +181,8 @@ def fit_gate(
             coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
         weight = torch.tensor(np.ascontiguousarray(coef), dtype=torch.float32)  # [n_classes, d_model]
         gate = DomainGate(
-            tuple(domains), layer, config.feature, centre, scale, weight,
-            torch.tensor(intercept, dtype=torch.float32), config.threshold, model.fingerprint,
+            domains, layer, config.feature, centre, scale, weight,
+            torch.tensor(intercept, dtype=torch.float32), config.threshold, base_fingerprint,
             classes=tuple(str(c) for c in clf.classes_), segment_veto=config.segment_veto,
         )
     opened = (gate.probability(x) > config.threshold).numpy()

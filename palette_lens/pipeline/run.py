@@ -44,6 +44,7 @@ from palette_lens.evaluate.gated import evaluate_gated_profile
 from palette_lens.evaluate.latency import measure_latency
 from palette_lens.evaluate.results import EvalSet, VariantResult
 from palette_lens.gate.config import GateConfig, default_gate_layer
+from palette_lens.gate.features import GateFeatureCache
 from palette_lens.gate.gated_profile import GatedProfile
 from palette_lens.gate.training import fit_gate
 from palette_lens.models.chat_model import ChatModel
@@ -251,6 +252,7 @@ def run_pipeline(
     # 6. every selected profile as one gated model (base weights, adapters unmerged, the gate deciding per prompt)
     gated: dict[str, GatedProfile] = {}
     with timer.stage("gated"):
+        feature_cache = GateFeatureCache(model)  # the gates share most training prompts: each is read once
         for p in gated_profiles:
             gate_layer = default_gate_layer(model) if gate_config.layer is None else gate_config.layer
             early = [d for d in p.domains if adapters[d].layer_index < gate_layer]
@@ -258,7 +260,7 @@ def run_pipeline(
                 log.warning("profile %s is not evaluated gated: adapter %r sits before the gate's layer %d",
                             p.name, early[0], gate_layer)
                 continue
-            gate = fit_gate(model, prompts, p.domains, gate_config)
+            gate = fit_gate(model, prompts, p.domains, gate_config, feature_cache=feature_cache)
             gate.save(run.gate_dir(p.name))
             gated[p.name] = GatedProfile(model, [adapters[d] for d in p.domains], gate, routing=config.gate_routing,
                                          compose_weight=config.compose_weight)
