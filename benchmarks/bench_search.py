@@ -32,7 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from palette_lens.data.prompts import HARMLESS, load_prompts  # noqa: E402
+from palette_lens.data.prompts import load_prompts
+from palette_lens.data.records import HARMLESS  # noqa: E402
 from palette_lens.models.hooks import ablation_hooks  # noqa: E402
 from palette_lens.models.loading import load_model  # noqa: E402
 from palette_lens.search.candidates import collect_domain_residuals  # noqa: E402

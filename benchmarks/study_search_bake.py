@@ -32,7 +32,8 @@ from palette_lens.adapters.apply import adapters_applied
 from palette_lens.bake.config import BakeConfig
 from palette_lens.bake.examples import validation_metrics
 from palette_lens.bake.train import bake_direction
-from palette_lens.data.prompts import BORDERLINE, HARMLESS, load_prompts  # noqa: E402
+from palette_lens.data.prompts import load_prompts
+from palette_lens.data.records import BORDERLINE, HARMLESS  # noqa: E402
 from palette_lens.models.blocks import capture_block_inputs  # noqa: E402
 from palette_lens.models.loading import load_model  # noqa: E402
 from palette_lens.refusal.prefix_scorer import PrefixScorer

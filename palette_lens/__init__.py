@@ -41,13 +41,13 @@ _EXPORTS: dict[str, str] = {
     "addition_hooks": "palette_lens.models.hooks",
     "ablate": "palette_lens.models.hooks",
     "add": "palette_lens.models.hooks",
-    "HARMLESS": "palette_lens.data.prompts",
-    "BORDERLINE": "palette_lens.data.prompts",
-    "RESERVED": "palette_lens.data.prompts",
-    "Record": "palette_lens.data.prompts",
-    "PromptSet": "palette_lens.data.prompts",
+    "HARMLESS": "palette_lens.data.records",
+    "BORDERLINE": "palette_lens.data.records",
+    "RESERVED": "palette_lens.data.records",
+    "Record": "palette_lens.data.records",
+    "PromptSet": "palette_lens.data.prompt_set",
     "load_prompts": "palette_lens.data.prompts",
-    "read_jsonl": "palette_lens.data.prompts",
+    "read_jsonl": "palette_lens.data.records",
     "AttackPrompt": "palette_lens.data.attacks",
     "build_attacks": "palette_lens.data.attacks",
     "attacks_from_prompt_set": "palette_lens.data.attacks",
@@ -316,15 +316,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names are impo
         profession_framed,
         roleplay_wrapped,
     )
-    from palette_lens.data.prompts import (
-        BORDERLINE,
-        HARMLESS,
-        RESERVED,
-        PromptSet,
-        Record,
-        load_prompts,
-        read_jsonl,
-    )
+    from palette_lens.data.prompt_set import PromptSet
+    from palette_lens.data.prompts import load_prompts
+    from palette_lens.data.records import BORDERLINE, HARMLESS, RESERVED, Record, read_jsonl
     from palette_lens.errors import (
         AdapterMismatchError,
         ChatTemplateError,

@@ -34,7 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from palette_lens.data.prompts import BORDERLINE, HARMLESS, builtin_data_dir, load_prompts, read_jsonl  # noqa: E402
+from palette_lens.data.prompts import builtin_data_dir, load_prompts
+from palette_lens.data.records import BORDERLINE, HARMLESS, read_jsonl  # noqa: E402
 from palette_lens.evaluate.vanilla import BaselineTable, DomainRefusal
 from palette_lens.refusal.judge import is_refusal, refusal_markers_found  # noqa: E402
 from palette_lens.util.stats import wilson_interval  # noqa: E402

@@ -32,7 +32,8 @@ def main() -> None:
     from palette_lens.bake.config import BakeConfig
     from palette_lens.bake.train import bake_direction
     from palette_lens.compose.profiles import merged_profile
-    from palette_lens.data.prompts import BORDERLINE, HARMLESS, load_prompts
+    from palette_lens.data.prompts import load_prompts
+    from palette_lens.data.records import BORDERLINE, HARMLESS
     from palette_lens.evaluate.evaluator import EvalConfig, Evaluator
     from palette_lens.evaluate.leakage import AttackConfig, measure_leakage
     from palette_lens.evaluate.results import EvalSet

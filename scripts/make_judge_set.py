@@ -68,7 +68,7 @@ def plan_jobs(ps, layer: int) -> list[dict]:
     Tags: ``v`` vanilla, ``g`` global ablation, ``p`` single-domain ablation (partial relaxation),
     ``w`` more vanilla harmful prompts (added to balance refusals and compliances).
     """
-    from palette_lens.data.prompts import BORDERLINE, HARMLESS
+    from palette_lens.data.records import BORDERLINE, HARMLESS
 
     jobs: list[dict] = []
 
@@ -95,7 +95,8 @@ def generate(out: Path, only: set[str] | None = None, append: bool = False) -> N
     import torch
 
     from palette_lens.baselines.global_ablation import global_ablation_hooks
-    from palette_lens.data.prompts import HARMLESS, load_prompts
+    from palette_lens.data.prompts import load_prompts
+    from palette_lens.data.records import HARMLESS
     from palette_lens.models.loading import load_model
     from palette_lens.refusal.tokens import derive_refusal_tokens, first_token_kl, refusal_scores
     from palette_lens.search.candidates import collect_residuals_prefixed

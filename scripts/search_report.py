@@ -41,7 +41,8 @@ def measure(args: argparse.Namespace) -> dict:
     """Residuals once, one search per harmful domain, the per-layer separation table."""
     import torch
 
-    from palette_lens.data.prompts import BORDERLINE, HARMLESS, load_prompts
+    from palette_lens.data.prompts import load_prompts
+    from palette_lens.data.records import BORDERLINE, HARMLESS
     from palette_lens.geometry.separation import separation_table
     from palette_lens.models.loading import load_model
     from palette_lens.search.candidates import collect_domain_residuals

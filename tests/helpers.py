@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from palette_lens.adapters.baked import BakedAdapter
-from palette_lens.data.prompts import PromptSet, Record
+from palette_lens.data.prompt_set import PromptSet
+from palette_lens.data.records import Record
 from palette_lens.models.residuals import collect_residuals
 from palette_lens.search.direction import Direction, diff_in_means
 

@@ -23,7 +23,9 @@ from palette_lens.data.attacks import (
     profession_framed,
 )
 from palette_lens.data.augment import augment_prompt_set
-from palette_lens.data.prompts import PromptSet, Record, load_prompts
+from palette_lens.data.prompt_set import PromptSet
+from palette_lens.data.prompts import load_prompts
+from palette_lens.data.records import Record
 from palette_lens.errors import PaletteError, UnknownDomainError
 from palette_lens.evaluate.evaluator import EvalConfig
 from palette_lens.evaluate.leakage import AttackConfig, measure_leakage

@@ -10,7 +10,8 @@ import torch
 from helpers import LEAKAGE_TOPICS, toy_prompts, write_jsonl
 from test_adversarial import _write_builtin, tiny_run  # noqa: F401 - tiny_run is a fixture
 
-from palette_lens.data.prompts import PromptSet, Record
+from palette_lens.data.prompt_set import PromptSet
+from palette_lens.data.records import Record
 from palette_lens.errors import PaletteError, UnknownDomainError
 from palette_lens.evaluate.evaluator import EvalConfig, Evaluator
 from palette_lens.evaluate.leakage import AttackConfig, measure_leakage

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from palette_lens.bake.examples import default_refusal_ids
-from palette_lens.data.prompts import PromptSet
+from palette_lens.data.prompt_set import PromptSet
 from palette_lens.models.chat_model import ChatModel
 from palette_lens.models.hooks import projection_edit_hook
 from palette_lens.refusal.tokens import refusal_scores

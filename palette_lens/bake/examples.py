@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from palette_lens.data.prompts import BORDERLINE, HARMLESS, PromptSet
+from palette_lens.data.prompt_set import PromptSet
+from palette_lens.data.records import BORDERLINE, HARMLESS
 from palette_lens.models.blocks import BlockInputs, capture_block_inputs
 from palette_lens.models.chat_model import ChatModel
 from palette_lens.refusal.tokens import first_token_kl, opener_tokens, refusal_scores

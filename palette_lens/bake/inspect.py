@@ -24,7 +24,8 @@ import torch
 
 from palette_lens.adapters.apply import adapters_applied
 from palette_lens.adapters.baked import BakedAdapter
-from palette_lens.data.prompts import HARMLESS, PromptSet
+from palette_lens.data.prompt_set import PromptSet
+from palette_lens.data.records import HARMLESS
 from palette_lens.models.blocks import plain_tensor
 from palette_lens.models.chat_model import ChatModel
 from palette_lens.refusal.judge import is_refusal

@@ -19,7 +19,7 @@ from palette_lens.adapters.baked import BakedAdapter
 from palette_lens.adapters.stacking import stack_factors
 from palette_lens.bake.config import BakeConfig
 from palette_lens.bake.train import BakeResult, bake_direction
-from palette_lens.data.prompts import PromptSet
+from palette_lens.data.prompt_set import PromptSet
 from palette_lens.errors import PaletteError
 from palette_lens.models.chat_model import ChatModel
 from palette_lens.search.direction_search import search_direction

@@ -47,7 +47,8 @@ from palette_lens.bake.targets import (
     token_losses,
     token_mask,
 )
-from palette_lens.data.prompts import BORDERLINE, HARMLESS, PromptSet
+from palette_lens.data.prompt_set import PromptSet
+from palette_lens.data.records import BORDERLINE, HARMLESS
 from palette_lens.errors import PaletteError
 from palette_lens.models.blocks import BlockInputs, module_device, rotary_embedding, run_block, run_suffix
 from palette_lens.models.chat_model import ChatModel

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import torch
 
 from palette_lens.baselines.global_ablation import global_ablation_hooks, orthonormal_basis
-from palette_lens.data.prompts import BORDERLINE, HARMLESS, PromptSet
+from palette_lens.data.prompt_set import PromptSet
+from palette_lens.data.records import BORDERLINE, HARMLESS
 from palette_lens.errors import PaletteError
 from palette_lens.models.chat_model import ChatModel, Hook
 from palette_lens.models.residuals import Residuals, collect_residuals

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from palette_lens.data.prompts import HARMLESS
+    from palette_lens.data.records import HARMLESS
     from palette_lens.search.candidates import collect_domain_residuals
     from palette_lens.search.direction_search import search_direction
     from palette_lens.search.result import SearchConfig
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _figures(result, residuals, out: Path, every: int) -> list[Path]:
-    from palette_lens.data.prompts import BORDERLINE
+    from palette_lens.data.records import BORDERLINE
     from palette_lens.geometry.separation import layer_separation, tsne_layers
     from palette_lens.viz.common import write_figures
     from palette_lens.viz.geometry import separation_figure, tsne_figure

@@ -21,7 +21,8 @@ from palette_lens.data.attack_templates import (
     PROFESSIONS,
     ROLEPLAY_TEMPLATES,
 )
-from palette_lens.data.prompts import RESERVED, PromptSet
+from palette_lens.data.prompt_set import PromptSet
+from palette_lens.data.records import RESERVED
 from palette_lens.errors import PaletteError, UnknownDomainError
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from palette_lens.data.attacks import (
     profession_framed,
     roleplay_wrapped,
 )
-from palette_lens.data.prompts import PromptSet, Split
+from palette_lens.data.prompt_set import PromptSet, Split
 from palette_lens.errors import PaletteError
 
 # Training templates: the families of :mod:`palette_lens.data.attacks`, other wording, so that the measured

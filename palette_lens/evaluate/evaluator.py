@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from palette_lens.data.prompts import HARMLESS
+from palette_lens.data.records import HARMLESS
 from palette_lens.evaluate.results import EvalSet, VariantResult
 from palette_lens.generation.drafts import generate_with_drafts
 from palette_lens.generation.greedy import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from palette_lens.data.prompts import BORDERLINE, HARMLESS
+from palette_lens.data.records import BORDERLINE, HARMLESS
 
 
 def check_floors(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from palette_lens.compose.profiles import DEFAULT_COMPOSE_WEIGHT
-from palette_lens.data.prompts import PromptSet
+from palette_lens.data.prompt_set import PromptSet
 from palette_lens.evaluate.evaluator import Evaluator
 from palette_lens.evaluate.results import VariantResult
 from palette_lens.gate.config import GateConfig

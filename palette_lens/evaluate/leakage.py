@@ -46,7 +46,7 @@ from palette_lens.data.attacks import (
     attacks_from_prompt_set,
     select_requests,
 )
-from palette_lens.data.prompts import PromptSet
+from palette_lens.data.prompt_set import PromptSet
 from palette_lens.errors import PaletteError
 from palette_lens.evaluate.leakage_table import LeakageRow, LeakageTable, share
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from palette_lens.data.prompts import BORDERLINE, HARMLESS, RESERVED, PromptSet
+from palette_lens.data.prompt_set import PromptSet
+from palette_lens.data.records import BORDERLINE, HARMLESS, RESERVED
 from palette_lens.evaluate.vanilla import BaselineTable, DomainRefusal
 from palette_lens.refusal.judge import is_refusal
 from palette_lens.util.stats import wilson_interval

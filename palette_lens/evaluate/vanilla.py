@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from palette_lens.data.prompts import PromptSet
+from palette_lens.data.prompt_set import PromptSet
 from palette_lens.models.chat_model import ChatModel
 from palette_lens.refusal.judge import is_refusal
 from palette_lens.util.stats import wilson_interval

@@ -128,7 +128,7 @@ class DomainGate:
 
     def other_harmful_probability(self, x: torch.Tensor) -> torch.Tensor:
         """[n, d_model] → [n] summed probability of the harmful domains the gate does not open for."""
-        from palette_lens.data.prompts import RESERVED
+        from palette_lens.data.records import RESERVED
 
         per_class = self.domain_probabilities(x)
         others = [p for c, p in per_class.items() if c not in self.domains and c not in RESERVED]

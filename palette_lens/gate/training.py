@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 import torch
 
-from palette_lens.data.prompts import PromptSet
+from palette_lens.data.prompt_set import PromptSet
 from palette_lens.errors import PaletteError
 from palette_lens.gate.config import GateConfig, default_gate_layer
 from palette_lens.gate.domain_gate import DomainGate

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from palette_lens.data.prompts import BORDERLINE, HARMLESS
+from palette_lens.data.records import BORDERLINE, HARMLESS
 from palette_lens.evaluate.floors import check_floors, recommend_deployment
 from palette_lens.evaluate.results import VariantResult
 
 if TYPE_CHECKING:
     from palette_lens.adapters.baked import BakedAdapter
     from palette_lens.compose.profiles import Profile
-    from palette_lens.data.prompts import PromptSet
+    from palette_lens.data.prompt_set import PromptSet
     from palette_lens.models.chat_model import ChatModel
     from palette_lens.pipeline.config import PipelineConfig
 

@@ -37,7 +37,8 @@ from palette_lens.compose.profiles import (
     merged_profile,
     profile_adapters,
 )
-from palette_lens.data.prompts import BORDERLINE, HARMLESS, PromptSet
+from palette_lens.data.prompt_set import PromptSet
+from palette_lens.data.records import BORDERLINE, HARMLESS
 from palette_lens.errors import PaletteError
 from palette_lens.evaluate.evaluator import EvalConfig, Evaluator
 from palette_lens.evaluate.gated import evaluate_gated_profile

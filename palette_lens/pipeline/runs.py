@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from palette_lens.adapters.baked import BakedAdapter
 from palette_lens.bake.config import BakeConfig
-from palette_lens.data.prompts import HARMLESS, PromptSet
+from palette_lens.data.prompt_set import PromptSet
+from palette_lens.data.records import HARMLESS
 from palette_lens.errors import PaletteError
 from palette_lens.models.chat_model import ChatModel
 from palette_lens.pipeline.builtin import builtin_run_dir, is_builtin, verify_builtin_run

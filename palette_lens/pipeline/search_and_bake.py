@@ -16,7 +16,7 @@ from typing import Any
 from palette_lens.adapters.baked import BakedAdapter
 from palette_lens.bake.config import BakeConfig
 from palette_lens.bake.train import BakeResult, bake_direction
-from palette_lens.data.prompts import PromptSet
+from palette_lens.data.prompt_set import PromptSet
 from palette_lens.errors import PaletteError
 from palette_lens.models.chat_model import ChatModel
 from palette_lens.models.residuals import Residuals

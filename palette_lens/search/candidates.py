@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from palette_lens.data.prompts import HARMLESS, PromptSet
+from palette_lens.data.prompt_set import PromptSet
+from palette_lens.data.records import HARMLESS
 from palette_lens.errors import DataError
 from palette_lens.models.chat_model import ChatModel
 from palette_lens.models.residuals import Residuals, collect_residuals

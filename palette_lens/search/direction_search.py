@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from palette_lens.data.prompts import HARMLESS, PromptSet
+from palette_lens.data.prompt_set import PromptSet
+from palette_lens.data.records import HARMLESS
 from palette_lens.errors import DataError, PaletteError
 from palette_lens.models.chat_model import ChatModel
 from palette_lens.models.residuals import Residuals

@@ -21,7 +21,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE.parent))
     from test_pipeline import _TOPICS, TINY, toy_records
 
-    from palette_lens.data.prompts import PromptSet
+    from palette_lens.data.prompt_set import PromptSet
     from palette_lens.models.tiny import tiny_chat_model
     from palette_lens.pipeline.run import run_pipeline
 
